@@ -1,0 +1,1 @@
+"""Benchmarks and the per-sample reference path (needs the `dev` extra)."""

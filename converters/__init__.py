@@ -1,0 +1,1 @@
+"""torch -> flax conversion of TD-MPC2 checkpoints (needs the `convert` extra)."""
