@@ -20,7 +20,7 @@ import torch
 
 import wmel_jax
 from converters import tdmpc2_torch as T
-from converters.convert import convert, convert_checkpoint
+from converters.convert import convert_checkpoint
 from converters.tasks import KNOWN_TASK_DIMS, UPSTREAM_TASK_SETS
 from wmel_jax import cli
 from wmel_jax.errors import WmelError

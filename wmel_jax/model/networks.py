@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -275,4 +276,4 @@ def init_params(arch: Arch, key: jax.Array) -> Params:
     action = jnp.zeros((1, arch.action_dim), jnp.float32)
     task = jnp.zeros((1,), jnp.int32) if arch.multitask else None
     variables = _module(arch).init(key, obs, action, task, method=TDMPC2.init_all)
-    return jax.tree.map(lambda x: x, dict(variables["params"]))
+    return flax.core.unfreeze(variables["params"])  # a plain nested dict
