@@ -3,11 +3,19 @@
 The suite runs the way the CLI runs: 64-bit JAX enabled (the float64 oracle
 needs it; the model's own arrays stay float32 by construction). Tests that
 must see JAX with x64 off, or a process without torch, run in a subprocess.
+
+``checkpoints`` (session scope) builds torch mirror models, saves them the
+way upstream does and converts them, once per session; tests share them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 # dm_control picks an OpenGL backend on import; the tests never render.
 os.environ.setdefault("MUJOCO_GL", "disable")
@@ -15,3 +23,80 @@ os.environ.setdefault("MUJOCO_GL", "disable")
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+
+
+# --------------------------------------------------------------------------- #
+# Converted checkpoints, built once per session (torch mirror -> .pt -> wmel-jax file)
+# --------------------------------------------------------------------------- #
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A torch mirror model, the checkpoint it was saved to, and its conversion."""
+
+    torch_model: Any
+    pt: Path
+    converted: Path
+
+
+class CheckpointCache:
+    """Builds, saves (the upstream way) and converts each model once per session.
+
+    Keys are the keyword arguments; ``cache=False`` builds in a fresh folder and
+    keeps nothing (for the 317M model).
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._built: dict[tuple, Checkpoint] = {}
+
+    def _build(self, key: tuple, make, save, cache: bool) -> Checkpoint:
+        if cache and key in self._built:
+            return self._built[key]
+        from converters.convert import convert_checkpoint
+
+        folder = self.root / f"ckpt{len(self._built)}_{abs(hash(key)) % 10**8}"
+        folder.mkdir()
+        model = make()
+        pt = folder / "model.pt"
+        save(model, pt)
+        converted = convert_checkpoint(pt, folder / "model.safetensors")
+        ckpt = Checkpoint(model, pt, converted)
+        if cache:
+            self._built[key] = ckpt
+        return ckpt
+
+    def upstream(self, size: int, *, num_tasks: int = 0, layout: str = "current", seed: int = 0,
+                 obs_dim: int = 5, action_dim: int = 1, episodic: bool = False,
+                 cache: bool = True) -> Checkpoint:
+        from converters import tdmpc2_torch as T
+
+        key = ("upstream", size, num_tasks, layout, seed, obs_dim, action_dim, episodic)
+        return self._build(
+            key,
+            lambda: T.build_upstream(size, obs_dim, action_dim, seed=seed, num_tasks=num_tasks,
+                                     episodic=episodic),
+            lambda m, p: T.save_upstream(m, p, layout=layout),
+            cache,
+        )
+
+    def adapter(self, size: int, *, seed: int = 0, obs_dim: int = 6, action_dim: int = 2,
+                cache: bool = True) -> Checkpoint:
+        from converters import tdmpc2_torch as T
+
+        if action_dim == 1:
+            actions = dict(action_levels=[-1.0, -0.5, 0.0, 0.5, 1.0])
+        else:
+            actions = dict(action_set=[[float(i), float(j)] for i in (-1, 0, 1) for j in (-1, 0, 1)])
+        key = ("adapter", size, seed, obs_dim, action_dim)
+        return self._build(
+            key,
+            lambda: T.build_adapter(size, obs_dim, action_dim, seed=seed, decoder_hidden=64),
+            lambda m, p: T.save_adapter(m, p, meta={"frame_skip": 1, "training_steps": 1000,
+                                                   "tdmpc2_model_size": size}, **actions),
+            cache,
+        )
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> CheckpointCache:
+    return CheckpointCache(tmp_path_factory.mktemp("checkpoints"))

@@ -1,0 +1,51 @@
+"""The flax TD-MPC2 world model and ``load``.
+
+- :func:`load` reads a converted file (``wmel-jax convert``) into a :class:`WorldModel`.
+- The pure functional API (``encode(arch, params, obs, task=None)``, ``next_latent``,
+  ``decode``, ``predict``, ``reward``, ``reward_logits``, ``q_values``, ``q_logits``,
+  ``policy_mean``, ``termination``, ``two_hot_inv``) takes the static :class:`Arch`
+  first: jit it with ``static_argnums=0`` and vmap it over stacked params.
+- :mod:`~wmel_jax.model.layers` holds the flax modules, :mod:`~wmel_jax.model.arch`
+  the architecture and parameter layout, :mod:`~wmel_jax.model.fileformat` the file format.
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from wmel_jax.model.arch import Arch, param_shapes
+from wmel_jax.model.networks import (
+    decode,
+    encode,
+    init_params,
+    next_latent,
+    policy_mean,
+    predict,
+    q_logits,
+    q_values,
+    reward,
+    reward_logits,
+    termination,
+    two_hot_inv,
+)
+from wmel_jax.model.world_model import WorldModel, load, stack_params
+
+__all__ = [
+    "load",
+    "WorldModel",
+    "stack_params",
+    "Arch",
+    "param_shapes",
+    "encode",
+    "next_latent",
+    "decode",
+    "predict",
+    "reward",
+    "reward_logits",
+    "q_values",
+    "q_logits",
+    "policy_mean",
+    "termination",
+    "two_hot_inv",
+    "init_params",
+]
