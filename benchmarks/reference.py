@@ -18,11 +18,37 @@ the point, independence is. The callables that wrap a real torch checkpoint
 (batch-of-1 forward passes) and dm_control physics (one state at a time) belong
 in this module too, beside the algorithm, so benchmarks and parity tests can
 run the whole reference path from one place.
+
+The whole path, as the reference project's Stage-2 script runs it:
+
+- :func:`dm_control_oracle` ``(task, frame_skip) -> (oracle_step, score,
+  actions)``: a dm_control env whose state is rebuilt from the observation on
+  every call (SPEC section 4), then ``env.step`` ``frame_skip`` times;
+- :func:`torch_model_step` ``(path) -> (model_step, action_set)``: an
+  adapter-schema ``.pt`` run as batch-of-1 ``torch.no_grad()`` forward passes;
+- :func:`collect_states` and :func:`reference_action_sequence`: the seeded
+  state batch (``random.Random(seed)`` actions, a reset every 25 steps) and the
+  M2 action sequence (``random.Random(seed + 1)``);
+- :func:`run_reference`: all of it for one checkpoint, with wall times, and
+  a command line::
+
+      python -m benchmarks.reference MODEL.pt --env TASK [--n-states N] [--k-steps K]
+          [--seed S] [--states F.npy] [--action-sequence F.npy] [-o out.json]
+
+torch and dm_control are imported inside the functions that need them, so the
+algorithm above imports with numpy alone.
 """
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -34,6 +60,22 @@ __all__ = [
     "reference_m2_curve",
     "reference_m3",
     "reference_metrics",
+    "TASKS",
+    "ORACLE_RESET_EVERY",
+    "flatten_observation",
+    "default_actions",
+    "task_score",
+    "make_env",
+    "write_state",
+    "dm_control_oracle",
+    "torch_model_step",
+    "adapter_step",
+    "load_adapter",
+    "rollout_states",
+    "collect_states",
+    "reference_action_sequence",
+    "run_reference",
+    "main",
 ]
 
 Step = Callable[[Any, Any], Any]
@@ -178,3 +220,532 @@ def reference_metrics(
         "m3_action_agreement": m3,
         "m3_states_used": used,
     }
+
+
+# --------------------------------------------------------------------------- #
+# The dm_control oracle, per sample (SPEC section 4)
+# --------------------------------------------------------------------------- #
+
+#: Supported tasks -> (dm_control domain, task).
+TASKS: dict[str, tuple[str, str]] = {
+    "cartpole-swingup": ("cartpole", "swingup"),
+    "reacher-easy": ("reacher", "easy"),
+    "acrobot-swingup": ("acrobot", "swingup"),
+}
+
+#: The oracle env is reset after this many env steps, so dm_control's
+#: 1000-step time limit never ends an episode under it (a step past the limit
+#: would silently return a reset observation). Its state is rewritten on every
+#: call, so the reset changes no output. The reference uses 800.
+ORACLE_RESET_EVERY = 800
+
+_LEVELS = (-1.0, -0.5, 0.0, 0.5, 1.0)
+
+
+def _check_task(task: str) -> tuple[str, str]:
+    from wmel_jax.errors import WmelError
+
+    try:
+        return TASKS[task]
+    except KeyError:
+        raise WmelError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}") from None
+
+
+def default_actions(task: str) -> list[tuple[float, ...]]:
+    """The task's default discrete action set, as the reference's ``env.action_space``.
+
+    cartpole/acrobot: the 5 levels (-1, -0.5, 0, 0.5, 1) as 1-tuples; reacher:
+    the 9 pairs of {-1, 0, 1}^2 in ``itertools.product`` order.
+    """
+    _check_task(task)
+    if task == "reacher-easy":
+        return [tuple(p) for p in itertools.product((-1.0, 0.0, 1.0), repeat=2)]
+    return [(level,) for level in _LEVELS]
+
+
+def _cartpole_score(obs: Sequence[float]) -> float:
+    return -float(obs[1])  # -cos(theta): lower is more upright
+
+
+def _reacher_score(obs: Sequence[float]) -> float:
+    tx, ty = float(obs[2]), float(obs[3])
+    return (tx * tx + ty * ty) ** 0.5  # finger-to-target distance
+
+
+def _acrobot_score(obs: Sequence[float]) -> float:
+    return -(float(obs[2]) + float(obs[3]))  # -(cos_upper + cos_lower): minus the tip height
+
+
+_SCORES: dict[str, Callable[[Sequence[float]], float]] = {
+    "cartpole-swingup": _cartpole_score,
+    "reacher-easy": _reacher_score,
+    "acrobot-swingup": _acrobot_score,
+}
+
+
+def task_score(task: str) -> Callable[[Sequence[float]], float]:
+    """The task's M3 score ``score(obs) -> float`` (lower is better; SPEC section 4)."""
+    _check_task(task)
+    return _SCORES[task]
+
+
+def make_env(task: str, random_seed: int = 0) -> Any:
+    """``dm_control.suite.load`` of the task with ``task_kwargs={"random": random_seed}``.
+
+    The reference builds every env with ``{"random": 0}``.
+    """
+    domain, name = _check_task(task)
+    os.environ.setdefault("MUJOCO_GL", "disable")  # never render; must precede the import
+    from dm_control import suite
+
+    return suite.load(domain_name=domain, task_name=name, task_kwargs={"random": random_seed})
+
+
+def flatten_observation(observation: Any) -> tuple[float, ...]:
+    """dm_control's observation dict -> a flat tuple of floats, keys in sorted order.
+
+    For the three tasks the sorted order is dm_control's own order
+    (``position, velocity``; ``position, to_target, velocity``;
+    ``orientations, velocity``).
+    """
+    out: list[float] = []
+    for key in sorted(observation):
+        out.extend(float(x) for x in np.asarray(observation[key]).reshape(-1))
+    return tuple(out)
+
+
+def write_state(task: str, physics: Any, obs: Sequence[float]) -> None:
+    """Write the physics state that produced the observation ``obs`` into ``physics``.
+
+    cartpole: qpos = [cart_x, atan2(sin, cos)], qvel = [cart_v, theta_dot];
+    reacher: qpos, qvel as observed, then the target geom placed at
+    finger_xy(qpos) + to_target (it does not enter the dynamics);
+    acrobot: shoulder = atan2(sin_u, cos_u), elbow = atan2(sin_l, cos_l) - shoulder.
+    Ends with ``physics.forward()``, so derived quantities are current.
+    """
+    o = [float(x) for x in obs]
+    named = physics.named.data
+    if task == "cartpole-swingup":
+        cart_x, cos_t, sin_t, cart_v, theta_dot = o
+        named.qpos["slider"] = cart_x
+        named.qpos["hinge_1"] = math.atan2(sin_t, cos_t)
+        named.qvel["slider"] = cart_v
+        named.qvel["hinge_1"] = theta_dot
+        physics.forward()
+    elif task == "reacher-easy":
+        pos0, pos1, to_x, to_y, vel0, vel1 = o
+        physics.data.qpos[:] = (pos0, pos1)
+        physics.data.qvel[:] = (vel0, vel1)
+        physics.forward()  # finger position from the new qpos
+        finger_x, finger_y = (float(v) for v in named.geom_xpos["finger", :2])
+        physics.named.model.geom_pos["target", "x"] = finger_x + to_x
+        physics.named.model.geom_pos["target", "y"] = finger_y + to_y
+        physics.forward()  # geom_xpos of the target, hence to_target, from the new geom_pos
+    elif task == "acrobot-swingup":
+        sin_u, sin_l, cos_u, cos_l, v_shoulder, v_elbow = o
+        upper = math.atan2(sin_u, cos_u)
+        lower = math.atan2(sin_l, cos_l)
+        # shoulder is the upper arm's world inclination; elbow is relative to it.
+        named.qpos["shoulder"] = upper
+        named.qpos["elbow"] = lower - upper
+        named.qvel["shoulder"] = v_shoulder
+        named.qvel["elbow"] = v_elbow
+        physics.forward()
+    else:
+        _check_task(task)
+
+
+def dm_control_oracle(
+    task: str, frame_skip: int = 1, *, reset_every: int = ORACLE_RESET_EVERY
+) -> tuple[Step, Callable[[Sequence[float]], float], list[tuple[float, ...]]]:
+    """The reference's per-sample oracle: ``(oracle_step, score, default action set)``.
+
+    ``oracle_step(obs, action) -> next_obs`` (tuples of floats) rebuilds the
+    physics state from ``obs`` (:func:`write_state`), then calls
+    ``env.step(float32 action)`` ``frame_skip`` times and returns the last
+    observation, flattened. The env is reset when another call would take it
+    past ``reset_every`` steps since the last reset.
+    """
+    _check_task(task)
+    if isinstance(frame_skip, bool) or int(frame_skip) != frame_skip or frame_skip < 1:
+        raise ValueError(f"frame_skip must be a positive integer, got {frame_skip!r}")
+    frame_skip = int(frame_skip)
+    if frame_skip > reset_every:
+        raise ValueError(f"frame_skip {frame_skip} exceeds reset_every {reset_every}")
+    env = make_env(task)
+    env.reset()
+    steps_since_reset = 0
+
+    def oracle_step(obs: Sequence[float], action: Sequence[float]) -> tuple[float, ...]:
+        nonlocal steps_since_reset
+        if steps_since_reset + frame_skip > reset_every:
+            env.reset()
+            steps_since_reset = 0
+        write_state(task, env.physics, obs)
+        ctrl = np.asarray(action, dtype=np.float32)
+        for _ in range(frame_skip):
+            ts = env.step(ctrl)
+        steps_since_reset += frame_skip
+        return flatten_observation(ts.observation)
+
+    return oracle_step, task_score(task), default_actions(task)
+
+
+# --------------------------------------------------------------------------- #
+# The torch model, batch of 1
+# --------------------------------------------------------------------------- #
+
+
+def load_adapter(path: str | os.PathLike) -> tuple[Any, list[tuple[float, ...]], dict[str, Any]]:
+    """``(AdapterWorldModel in eval mode, action set as tuples, meta)`` from an adapter ``.pt``.
+
+    Loaded with ``torch.load(path, map_location="cpu", weights_only=True)``:
+    nothing in the file is executed. Raises WmelError when the file is missing
+    or is not an adapter-schema checkpoint.
+    """
+    from wmel_jax.errors import WmelError
+
+    path = Path(path)
+    if not path.is_file():
+        raise WmelError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    import torch
+
+    from converters.tdmpc2_torch import AdapterWorldModel
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated zips, refused globals
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WmelError(f"cannot load {str(path)!r} as a torch checkpoint: {reason[:200]}") from None
+    if not isinstance(blob, dict) or "model_state" not in blob or "arch" not in blob:
+        raise WmelError(
+            f"{str(path)!r} is not an adapter-schema checkpoint ({{model_state, arch, action_levels | "
+            f"action_set}}); the reference path needs a decoder"
+        )
+    try:
+        arch = {str(k): int(v) for k, v in dict(blob["arch"]).items()}
+    except (TypeError, ValueError):
+        raise WmelError(f"{str(path)!r}: arch must be a dict of integers") from None
+    arch.setdefault("simnorm_dim", 8)
+    model = AdapterWorldModel(arch)
+    try:
+        model.load_state_dict(blob["model_state"])
+    except RuntimeError as e:
+        raise WmelError(f"{str(path)!r}: model_state does not fit its arch ({str(e).splitlines()[0]})") from None
+    model.eval()
+    if ("action_levels" in blob) == ("action_set" in blob):
+        raise WmelError(f"{str(path)!r} needs exactly one of action_levels and action_set")
+    if "action_levels" in blob:
+        actions = [(float(level),) for level in blob["action_levels"]]
+    else:
+        actions = [tuple(float(x) for x in row) for row in blob["action_set"]]
+    if any(len(a) != arch["action_dim"] for a in actions):
+        raise WmelError(f"{str(path)!r}: the action set does not have action_dim {arch['action_dim']}")
+    meta = dict(blob.get("meta") or {})
+    return model, actions, meta
+
+
+def torch_model_step(path: str | os.PathLike) -> tuple[Step, list[tuple[float, ...]]]:
+    """``(model_step, action_set)`` for an adapter ``.pt``, exactly the reference's callable.
+
+    ``model_step(obs, action) -> next_obs``: ``torch.tensor([obs])`` and
+    ``torch.tensor([action])`` (float32, batch of 1), ``decode(next(encode(obs),
+    a))`` under ``torch.no_grad()``, a tuple of floats out. Unlike the
+    reference it accepts actions outside the checkpoint's set (an M2 action
+    sequence may be given explicitly).
+    """
+    model, actions, _ = load_adapter(path)
+    return adapter_step(model), actions
+
+
+def adapter_step(model: Any) -> Step:
+    """The batch-of-1 ``model_step`` of a loaded :class:`AdapterWorldModel` (see :func:`torch_model_step`)."""
+    import torch
+
+    @torch.no_grad()
+    def model_step(obs: Sequence[float], action: Sequence[float]) -> tuple[float, ...]:
+        obs_t = torch.tensor([tuple(float(x) for x in obs)], dtype=torch.float32)
+        act_t = torch.tensor([tuple(float(x) for x in action)], dtype=torch.float32)
+        return tuple(float(x) for x in model.predict(obs_t, act_t).squeeze(0))
+
+    return model_step
+
+
+# --------------------------------------------------------------------------- #
+# The seeded state batch and the M2 action sequence (SPEC section 5)
+# --------------------------------------------------------------------------- #
+
+
+def rollout_states(
+    task: str,
+    n: int,
+    seed: int,
+    frame_skip: int = 1,
+    reset_every: int = 25,
+    *,
+    actions: Sequence[Sequence[float]] | None = None,
+    env_seed: int = 0,
+) -> tuple[list[tuple[float, ...]], list[tuple[float, ...] | None]]:
+    """The reference's seeded random-action rollout, with the actions it took.
+
+    Returns ``(states, taken)``: ``states[i]`` is the i-th observation visited;
+    ``taken[i]`` the action applied to it to reach ``states[i + 1]``, or None
+    where the env was reset instead (and for the last state). Loop, as the
+    reference: append the observation; stop after n; reset when
+    ``(i + 1) % reset_every == 0``, else step with ``rng.choice(actions)``
+    (``frame_skip`` env steps with that action), ``rng = random.Random(seed)``.
+    ``actions`` defaults to the task's action set; the env is built with
+    ``{"random": env_seed}`` (the reference: 0).
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if reset_every < 1 or frame_skip < 1:
+        raise ValueError("reset_every and frame_skip must be positive")
+    actions = default_actions(task) if actions is None else [tuple(float(x) for x in a) for a in actions]
+    rng = random.Random(seed)
+    env = make_env(task, env_seed)
+    obs = flatten_observation(env.reset().observation)
+    states: list[tuple[float, ...]] = []
+    taken: list[tuple[float, ...] | None] = []
+    for i in range(n):
+        states.append(obs)
+        if i == n - 1:
+            taken.append(None)
+            break
+        if (i + 1) % reset_every == 0:
+            obs = flatten_observation(env.reset().observation)
+            taken.append(None)
+        else:
+            action = rng.choice(actions)
+            ctrl = np.asarray(action, dtype=np.float32)
+            for _ in range(frame_skip):
+                ts = env.step(ctrl)
+                if ts.last():  # the next step would silently reset the env
+                    raise ValueError(
+                        f"reset_every {reset_every} x frame_skip {frame_skip} env steps reach the "
+                        f"task's time limit"
+                    )
+            obs = flatten_observation(ts.observation)
+            taken.append(action)
+    return states, taken
+
+
+def collect_states(
+    task: str,
+    n: int,
+    seed: int,
+    frame_skip: int = 1,
+    reset_every: int = 25,
+    *,
+    actions: Sequence[Sequence[float]] | None = None,
+    env_seed: int = 0,
+) -> list[tuple[float, ...]]:
+    """The reference's ``collect_states``: n observations of a seeded random-action rollout.
+
+    See :func:`rollout_states`; returns its states only.
+    """
+    return rollout_states(task, n, seed, frame_skip, reset_every, actions=actions, env_seed=env_seed)[0]
+
+
+def reference_action_sequence(actions: Sequence[Any], k: int, seed: int) -> list[Any]:
+    """The M2 action sequence: ``k`` draws of ``random.Random(seed + 1).choice(actions)``."""
+    rng = random.Random(seed + 1)
+    return [rng.choice(list(actions)) for _ in range(k)]
+
+
+# --------------------------------------------------------------------------- #
+# One checkpoint, end to end
+# --------------------------------------------------------------------------- #
+
+
+def _as_rows(name: str, array: Any, width: int, what: str) -> list[tuple[float, ...]]:
+    from wmel_jax.errors import WmelError
+
+    a = np.asarray(array, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] != width:
+        raise WmelError(f"{name} must have shape (n, {width}) ({what}), got {list(a.shape)}")
+    if not np.isfinite(a).all():
+        raise WmelError(f"{name} contains NaN or infinite values")
+    return [tuple(float(x) for x in row) for row in a]
+
+
+def run_reference(
+    model_path: str | os.PathLike,
+    task: str,
+    *,
+    states: Any = None,
+    n_states: int = 150,
+    k_steps: int = 10,
+    seed: int = 0,
+    frame_skip: int | None = None,
+    action_sequence: Any = None,
+    torch_threads: int | None = 1,
+) -> dict[str, Any]:
+    """M1, M2 (+ curve), M3 of one adapter ``.pt`` by the per-sample reference path.
+
+    states: (N, obs_dim) observations, else :func:`collect_states` (task, n_states,
+    seed); action_sequence: (k, action_dim), else :func:`reference_action_sequence`
+    (k_steps, seed). The action set (M1, M3, state collection, M2 draws) is
+    the checkpoint's. M2 iterates the oracle on its own observations, as the
+    reference does (``so = oracle_dyn(so, a)``: the physics state is rebuilt
+    from the observation every step). frame_skip: None takes the checkpoint's meta.frame_skip
+    (1 if absent). torch_threads: torch's intra-op threads while it runs
+    (restored after; None leaves torch's setting): 1 by default, because a
+    batch of 1 gains nothing from threads and, on a shared machine, torch's
+    OpenMP threads waiting for a descheduled peer made calls up to 100x slower
+    (0.13 ms -> 15 ms per call, measured here). Returns the metrics (unrounded, report field names) with
+    the configuration, call counts, and ``timings`` {setup_s (load model,
+    build env), collect_states_s (0 when states are given), metrics_s, total_s}.
+    """
+    import torch
+
+    if torch_threads is None:
+        return _run_reference(model_path, task, states, n_states, k_steps, seed, frame_skip,
+                              action_sequence, torch_threads)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(torch_threads))
+    try:
+        return _run_reference(model_path, task, states, n_states, k_steps, seed, frame_skip,
+                              action_sequence, torch_threads)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_reference(model_path: Any, task: str, states: Any, n_states: int, k_steps: int, seed: int,
+                   frame_skip: int | None, action_sequence: Any, torch_threads: int | None) -> dict[str, Any]:
+    from wmel_jax.errors import WmelError
+
+    t_start = time.perf_counter()
+    _check_task(task)
+    from converters.tasks import KNOWN_TASK_DIMS
+
+    model, actions, meta = load_adapter(model_path)
+    model_step = adapter_step(model)
+    obs_dim, action_dim = KNOWN_TASK_DIMS[task]
+    if (model.arch["obs_dim"], model.arch["action_dim"]) != (obs_dim, action_dim):
+        raise WmelError(
+            f"the checkpoint has obs_dim {model.arch['obs_dim']} and action_dim {model.arch['action_dim']}; "
+            f"{task} has {obs_dim} and {action_dim}"
+        )
+    if frame_skip is None:
+        frame_skip = int(meta.get("frame_skip", 1) or 1)
+    oracle_step, score, _ = dm_control_oracle(task, frame_skip)
+    t_setup = time.perf_counter()
+
+    if states is None:
+        state_rows = collect_states(task, n_states, seed, frame_skip, actions=actions)
+    else:
+        state_rows = _as_rows("states", states, obs_dim, f"observations of {task}")
+    t_states = time.perf_counter()
+    if action_sequence is None:
+        sequence = reference_action_sequence(actions, k_steps, seed)
+    else:
+        sequence = _as_rows("action sequence", action_sequence, action_dim, "one action per row")
+
+    calls = {"model": 0, "oracle": 0}
+
+    def counted_model(obs: Sequence[float], action: Sequence[float]) -> tuple[float, ...]:
+        calls["model"] += 1
+        return model_step(obs, action)
+
+    def counted_oracle(obs: Sequence[float], action: Sequence[float]) -> tuple[float, ...]:
+        calls["oracle"] += 1
+        return oracle_step(obs, action)
+
+    t_metrics = time.perf_counter()
+    metrics = reference_metrics(state_rows, actions, sequence, counted_oracle, counted_model, score)
+    t_end = time.perf_counter()
+    return {
+        "model": str(model_path),
+        "task": task,
+        "frame_skip": frame_skip,
+        "n_states": len(state_rows),
+        "k_steps": len(sequence),
+        "seed": seed,
+        "states_given": states is not None,
+        "action_set": [list(a) for a in actions],
+        "action_sequence": [list(a) for a in sequence],
+        **metrics,
+        "calls": dict(calls),
+        "torch_threads": torch_threads,
+        "timings": {
+            "setup_s": t_setup - t_start,
+            "collect_states_s": t_states - t_setup,
+            "metrics_s": t_end - t_metrics,
+            "total_s": t_end - t_start,
+        },
+    }
+
+
+def _load_npy(path: str, what: str) -> np.ndarray:
+    from wmel_jax.errors import WmelError
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise WmelError(f"{what} file {path!r} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise WmelError(f"cannot read {what} file {path!r} as a .npy array: {str(e).splitlines()[0]}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks.reference MODEL.pt --env TASK ...``: the reference path on one model."""
+    from wmel_jax.errors import EXIT_USAGE, WmelError
+    from wmel_jax.fileio import check_writable, write_json
+
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.reference",
+        description="M1/M2/M3 of one adapter-schema .pt by the per-sample reference path "
+        "(torch batch-of-1, dm_control one state at a time).",
+    )
+    p.add_argument("model", help="adapter-schema torch checkpoint (.pt)")
+    p.add_argument("--env", default=None, help=f"task ({', '.join(TASKS)}); default: the checkpoint's meta.task")
+    p.add_argument("--n-states", type=int, default=150)
+    p.add_argument("--k-steps", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frame-skip", type=int, default=None, help="default: the checkpoint's meta.frame_skip, else 1")
+    p.add_argument("--states", default=None, help="(N, obs_dim) .npy of observations instead of sampling")
+    p.add_argument("--action-sequence", default=None, help="(k, action_dim) .npy of M2 actions")
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="torch intra-op threads (default 1: batch-of-1 calls gain nothing from more)")
+    p.add_argument("-o", "--output", default=None, help="write the result as JSON here")
+    args = p.parse_args(argv)
+    try:
+        if args.n_states < 1 or args.k_steps < 1:
+            raise WmelError("--n-states and --k-steps must be positive")
+        if args.frame_skip is not None and args.frame_skip < 1:
+            raise WmelError("--frame-skip must be positive")
+        if args.torch_threads < 1:
+            raise WmelError("--torch-threads must be positive")
+        if args.output:
+            check_writable(args.output)
+        task = args.env
+        if task is None:
+            task = load_adapter(args.model)[2].get("task")
+            if not task:
+                raise WmelError("the checkpoint's meta names no task: pass --env")
+        states = _load_npy(args.states, "states") if args.states else None
+        sequence = _load_npy(args.action_sequence, "action sequence") if args.action_sequence else None
+        result = run_reference(args.model, str(task), states=states, n_states=args.n_states,
+                               k_steps=args.k_steps, seed=args.seed, frame_skip=args.frame_skip,
+                               action_sequence=sequence, torch_threads=args.torch_threads)
+        if args.output:
+            write_json(args.output, result)
+    except WmelError as e:
+        print(f"reference: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    m3 = result["m3_action_agreement"]
+    t = result["timings"]
+    print(f"{result['task']}  {result['model']}  (N={result['n_states']}, k={result['k_steps']}, "
+          f"seed={result['seed']}, frame_skip={result['frame_skip']})")
+    print(f"  M1 {result['m1_l2_onestep']:.6f}  M2 {result['m2_l2_kstep']:.6f}  "
+          f"M3 {'null' if m3 is None else f'{m3:+.6f}'} ({result['m3_states_used']} states)")
+    print("  M2 curve " + " ".join(f"{v:.4f}" for v in result["m2_curve"]))
+    print(f"  wall time {t['total_s']:.2f} s: setup {t['setup_s']:.2f}, states {t['collect_states_s']:.2f}, "
+          f"metrics {t['metrics_s']:.2f} ({result['calls']['model']} model calls, "
+          f"{result['calls']['oracle']} oracle calls)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -44,3 +44,20 @@ def test_python_dash_m_runs_the_cli():
     )
     assert out.returncode == 0, out.stderr
     assert "usage: wmel-jax" in out.stdout
+
+
+def test_atomic_output_has_the_mode_a_plain_open_gives(tmp_path):
+    import os
+
+    from wmel_jax.fileio import atomic_output
+
+    old = os.umask(0o022)
+    try:
+        with atomic_output(tmp_path / "out.txt", "w") as f:
+            f.write("x")
+        with open(tmp_path / "plain.txt", "w") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    mode = lambda p: os.stat(p).st_mode & 0o777
+    assert mode(tmp_path / "out.txt") == mode(tmp_path / "plain.txt") == 0o644

@@ -190,6 +190,31 @@ def test_load_refuses_bad_files(tmp_path, checkpoints):
         wmel_jax.load(tmp_path / "junk.safetensors")
 
 
+def test_safetensors_whose_header_length_starts_with_0x80_is_not_taken_for_torch(tmp_path, checkpoints):
+    """A converted file's first byte is its header length's low byte; 0x80 is also the pickle marker."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    src = checkpoints.upstream(1).converted
+    with safe_open(str(src), framework="numpy") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(src))
+    dst = tmp_path / "x80.safetensors"
+    for pad in range(256):  # header sizes step by 1 byte per padding character
+        header = json.loads(metadata["wmel-jax"])
+        header["meta"] = {"pad": "x" * pad}
+        save_file(tensors, str(dst), metadata={**metadata, "wmel-jax": json.dumps(header)})
+        if dst.read_bytes()[:1] == b"\x80":
+            break
+    assert dst.read_bytes()[:1] == b"\x80"
+    assert wmel_jax.load(dst).meta["pad"] == "x" * pad
+    # A legacy (non-zip) torch pickle is still recognised.
+    torch.save({"model": {}}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert (tmp_path / "legacy.pt").read_bytes()[:1] == b"\x80"
+    with pytest.raises(WmelError, match="looks like a torch checkpoint"):
+        wmel_jax.load(tmp_path / "legacy.pt")
+
+
 def test_load_refuses_a_file_whose_tensors_contradict_its_header(tmp_path, checkpoints):
     from safetensors.numpy import load_file, save_file
     from safetensors import safe_open

@@ -67,9 +67,19 @@ def write_model_file(path: str | os.PathLike, params: Mapping[str, np.ndarray], 
 
 
 def _looks_like_torch(path: Path) -> bool:
+    """A torch zip archive, or a legacy torch pickle (protocol-2 marker 0x80) that is not safetensors.
+
+    A safetensors file starts with its header length (u64, little-endian) and
+    then ``{``; that length's low byte can be 0x80 too, so the safetensors
+    layout is recognised before the pickle marker is looked at.
+    """
     with open(path, "rb") as f:
-        head = f.read(4)
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+        head = f.read(9)
+    if head.startswith(b"PK\x03\x04"):
+        return True
+    if len(head) == 9 and head[8:9] == b"{":
+        return False
+    return head[:1] == b"\x80"
 
 
 def read_model_file(path: str | os.PathLike) -> tuple[dict[str, Any], Arch, dict[str, np.ndarray]]:
