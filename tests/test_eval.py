@@ -2,8 +2,8 @@
 
 Parity of the numbers with the per-sample reference path is in
 ``tests/test_eval_parity.py``; this file pins the pipeline's behaviour. All
-runs share one small cartpole problem (N=12 states, k=4, chunks of 8 so the
-last chunk is padded), so the kernels compile once for the module.
+runs share the suite's one evaluation shape (conftest.EVAL_*: the last chunk
+padded), so the kernels compile once for the session.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from wmel_jax import cli, evaluate
 from wmel_jax.errors import WmelError
 from wmel_jax.pipeline import EvalOptions, run_eval
 
-N, K, CHUNK = 12, 4, 8
+from conftest import EVAL_CHUNK as CHUNK
+from conftest import EVAL_K as K
+from conftest import EVAL_N as N
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -110,10 +112,10 @@ def test_saved_states_rerun_exactly(tmp_path, cartpole_models):
 
 def test_padded_oracle_chunks_give_the_same_targets(cartpole_models):
     """The last chunk is padded: its answers equal those of the same states in a full chunk."""
-    problem = evaluate.make_problem("cartpole-swingup", n_states=N + 4, k_steps=K)
-    full = evaluate.oracle_targets(problem, CHUNK)  # 16 states: two full chunks
-    first = dataclasses.replace(problem, states=problem.states[:N])
-    padded = evaluate.oracle_targets(first, CHUNK)  # 12 states: the second chunk padded
+    problem = evaluate.make_problem("cartpole-swingup", n_states=N, k_steps=K)
+    padded = evaluate.oracle_targets(problem, CHUNK)  # N states: the last chunk padded
+    more = np.concatenate([problem.states, problem.states[: 2 * CHUNK - N][::-1]])
+    full = evaluate.oracle_targets(dataclasses.replace(problem, states=more), CHUNK)  # two full chunks
     np.testing.assert_array_equal(padded.next_obs, full.next_obs[:N])
     np.testing.assert_array_equal(padded.scores, full.scores[:N])
     np.testing.assert_array_equal(padded.trajectory, full.trajectory[:, :N])

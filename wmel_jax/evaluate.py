@@ -144,6 +144,10 @@ def make_problem(
     """
     from wmel_jax.oracle import DEFAULT_PRECISION, make_oracle
 
+    if states is None and (isinstance(n_states, bool) or not isinstance(n_states, int) or n_states < 1):
+        raise WmelError(f"n_states must be a positive int; got {n_states!r}")
+    if action_sequence is None and (isinstance(k_steps, bool) or not isinstance(k_steps, int) or k_steps < 1):
+        raise WmelError(f"k_steps must be a positive int; got {k_steps!r}")
     precision = DEFAULT_PRECISION if precision is None else precision
     oracle = make_oracle(task, frame_skip=frame_skip, precision=precision)
     action_set = oracle.validate_actions(oracle.actions if actions is None else actions, "action set row")
@@ -153,8 +157,6 @@ def make_problem(
     if states is None:
         from wmel_jax.states import sample_states
 
-        if isinstance(n_states, bool) or not isinstance(n_states, int) or n_states < 1:
-            raise WmelError(f"n_states must be a positive int; got {n_states!r}")
         states = np.asarray(
             sample_states(key_states, task, n_states, actions=action_set, frame_skip=frame_skip, precision=precision),
             dtype=np.float64,
@@ -162,8 +164,6 @@ def make_problem(
     else:
         states = oracle.validate_states(states, "state")
     if action_sequence is None:
-        if isinstance(k_steps, bool) or not isinstance(k_steps, int) or k_steps < 1:
-            raise WmelError(f"k_steps must be a positive int; got {k_steps!r}")
         action_sequence = draw_action_sequence(key_sequence, action_set, k_steps)
     else:
         action_sequence = oracle.validate_actions(action_sequence, "action sequence row")

@@ -40,6 +40,8 @@ class EvalOptions:
     """What ``wmel-jax eval`` was asked to do (the CLI's flags, as data)."""
 
     models: Sequence[str]
+    #: Names for the report's cells, one per model (default: the paths as given).
+    labels: Sequence[str] | None = None
     env: str | None = None
     n_states: int = DEFAULT_N_STATES
     k_steps: int = DEFAULT_K_STEPS
@@ -125,6 +127,9 @@ def run_eval(
             check_writable(out)
     if not opts.models:
         raise WmelError("give at least one model")
+    if opts.labels is not None and len(opts.labels) != len(opts.models):
+        raise WmelError(f"{len(opts.labels)} labels for {len(opts.models)} models")
+    label = list(opts.labels) if opts.labels is not None else [str(m) for m in opts.models]
     if opts.downstream and len(opts.downstream) != len(opts.models):
         raise WmelError(
             f"--downstream takes one file per model, in the same order: got {len(opts.downstream)} "
@@ -224,7 +229,7 @@ def run_eval(
         values, t = model_metrics(model, problem, targets, opts.chunk_states)
         timings["model_compile_s"] += t["model_compile_s"]
         timings["model_run_s"] += t["model_run_s"]
-        cells.append(make_cell(name, values, downstream[i], env=task))
+        cells.append(make_cell(label[i], values, downstream[i], env=task))
     if progress:
         progress(len(fitting), len(fitting), "")
     timings["compile_s"] = timings["oracle_compile_s"] + timings["model_compile_s"]
