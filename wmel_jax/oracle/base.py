@@ -1,0 +1,636 @@
+"""Shared MJX machinery for the task oracles: models, batched physics, the Oracle.
+
+Layout of one oracle call (all batched over N states, one jit kernel)::
+
+    obs (N, obs_dim) --task.state_from_obs--> mjx.Data (qpos, qvel) [+ aux]
+        --frame_skip x physics step (ctrl = action)--> mjx.Data
+        --kinematics--> task.obs_from_data --> next_obs (N, obs_dim)
+
+The physics step is MuJoCo's, stage by stage from MJX (``fwd_position`` ...
+``fwd_acceleration``, ``solve``, ``euler``), on dm_control's own task model.
+It is arranged at the level of the whole batch instead of ``vmap(mjx.step)``
+for speed only; the arithmetic per state is MJX's:
+
+* the constraint solver (MJX's ``solve``) runs only on the states that have
+  a constraint row in play (a joint at its limit). For every other state the
+  constraint problem is empty, so its solution is ``qacc = qacc_smooth`` with
+  zero constraint force, exactly what MuJoCo computes when there are no
+  active constraints. Under ``vmap`` MJX would run the solver's while loop,
+  and a 50-step line-search scan inside it, on every state for as long as any
+  one state needs it (see ``benchmarks/oracle_throughput.py``);
+* RK4 (cartpole, acrobot) is MuJoCo's 4-stage tableau written at batch level
+  so that each stage's forward pass gets the same treatment.
+
+Observations are read after the step with kinematics refreshed, as
+dm_control's ``Physics.step`` ends with ``mj_step1`` (position stage).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib.util
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wmel_jax.errors import WmelError
+from wmel_jax.oracle._mjx import mjx
+
+__all__ = [
+    "PRECISIONS",
+    "DEFAULT_PRECISION",
+    "Precision",
+    "TaskDef",
+    "Oracle",
+    "Physics",
+    "precision_scope",
+    "check_precision",
+    "dm_control_suite_dir",
+]
+
+Precision = Literal["float32", "float64"]
+PRECISIONS: tuple[str, ...] = ("float32", "float64")
+#: float64: on 10,000 sampled states per task a float32 oracle orders the
+#: action set differently from a float64 one on a measurable fraction of states
+#: (benchmarks/results/oracle_precision.json), which would move M3 by itself;
+#: float64 costs little on CPU. float32 stays available for GPUs / x64-off use.
+DEFAULT_PRECISION: Precision = "float64"
+
+_DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+# ----------------------------------------------------------------------------
+# precision
+# ----------------------------------------------------------------------------
+
+
+def check_precision(precision: Any) -> Precision:
+    if precision not in PRECISIONS:
+        raise WmelError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return precision
+
+
+@contextlib.contextmanager
+def precision_scope(precision: Precision) -> Iterator[None]:
+    """Run JAX in the oracle's precision.
+
+    float32 traces and runs with 64-bit JAX switched off (thread-locally) so
+    that every array MJX creates internally is float32 too, whatever the global
+    setting. float64 needs ``jax_enable_x64``; without it JAX would silently
+    compute in float32, so that is an error instead.
+    """
+    if precision == "float32":
+        with jax.enable_x64(False):
+            yield
+    else:
+        if not jax.config.jax_enable_x64:
+            raise WmelError(
+                "the float64 oracle needs 64-bit JAX: call "
+                "jax.config.update('jax_enable_x64', True) (or set JAX_ENABLE_X64=1) "
+                "before using it, or pass precision='float32'"
+            )
+        yield
+
+
+# ----------------------------------------------------------------------------
+# dm_control's task models
+# ----------------------------------------------------------------------------
+
+
+def dm_control_suite_dir() -> Path:
+    """dm_control's ``suite/`` folder, found without importing dm_control."""
+    spec = importlib.util.find_spec("dm_control")
+    if spec is None or not spec.submodule_search_locations:
+        raise WmelError("dm_control is not installed; the oracle reads its task models (pip install dm-control==1.0.50)")
+    return Path(next(iter(spec.submodule_search_locations))) / "suite"
+
+
+@functools.lru_cache(maxsize=None)
+def load_mj_model(xml_file: str):
+    """dm_control's task MJCF as an ``mujoco.MjModel``, made MJX-compatible.
+
+    The only change is clearing the energy flag: MJX rejects it and it only
+    enables energy bookkeeping (``mjData.energy``), never the dynamics.
+    The returned model is shared: do not modify it.
+    """
+    import mujoco
+
+    path = dm_control_suite_dir() / xml_file
+    if not path.is_file():
+        raise WmelError(f"dm_control task model {str(path)!r} not found")
+    model = mujoco.MjModel.from_xml_path(str(path))  # ./common/*.xml resolve beside it
+    model.opt.enableflags &= ~int(mujoco.mjtEnableBit.mjENBL_ENERGY)
+    return model
+
+
+# ----------------------------------------------------------------------------
+# task definitions
+# ----------------------------------------------------------------------------
+
+
+class TaskDef:
+    """One DMC task: observation <-> physics state, score, reset, action set.
+
+    Subclasses are frozen dataclasses holding only static facts (python ints
+    and floats read from the model, e.g. body ids), built by
+    :meth:`from_model`. Every method works on ONE state (no batch axis); the
+    oracle vmaps them. ``aux`` is per-state data the observation needs that is
+    not physics state (reacher's target position); ``aux_dim == 0`` if none.
+    """
+
+    name: ClassVar[str]
+    xml_file: ClassVar[str]  # file in dm_control/suite/
+    obs_dim: ClassVar[int]
+    action_dim: ClassVar[int]
+    aux_dim: ClassVar[int] = 0
+
+    @classmethod
+    def from_model(cls, model) -> "TaskDef":
+        raise NotImplementedError
+
+    def default_actions(self) -> np.ndarray:
+        """The default discrete action set, (A, action_dim) float64."""
+        raise NotImplementedError
+
+    def qpos_qvel_from_obs(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """obs (obs_dim,) -> qpos (nq,), qvel (nv,)."""
+        raise NotImplementedError
+
+    def aux_from_obs(self, obs: jax.Array, data) -> jax.Array:
+        """obs (obs_dim,), data with kinematics at that qpos -> aux (aux_dim,)."""
+        return jnp.zeros((0,), obs.dtype)
+
+    def obs_from_data(self, data, aux: jax.Array) -> jax.Array:
+        """mjx.Data with kinematics up to date, aux (aux_dim,) -> obs (obs_dim,)."""
+        raise NotImplementedError
+
+    def score(self, obs: jax.Array) -> jax.Array:
+        """The M3 score of one observation (lower is better), a scalar."""
+        raise NotImplementedError
+
+    def reset(self, key: jax.Array, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """dm_control's ``initialize_episode`` distribution: key -> qpos, qvel, aux."""
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------
+# batched physics
+# ----------------------------------------------------------------------------
+
+
+class Physics:
+    """Batched MJX physics for one task model at one precision.
+
+    All methods take and return ``mjx.Data`` with a leading batch axis and must
+    run under :func:`precision_scope` (they are traced inside the oracle's
+    jitted kernels). Holds the mjx.Model; build with :func:`physics_for`.
+    """
+
+    def __init__(self, task: TaskDef, mj_model, precision: Precision, solver: str | None = None):
+        self.task = task
+        self.precision = precision
+        self.dtype = _DTYPES[precision]
+        self.model = mjx.put_model(mj_model)
+        self.template = mjx.make_data(self.model)
+        m = self.model
+        efc_type = np.asarray(self.template._impl.efc_type)
+        self._has_constraints = efc_type.size > 0
+        single_limit = efc_type.size == 1 and int(efc_type[0]) in (
+            int(mjx.ConstraintType.LIMIT_JOINT),
+            int(mjx.ConstraintType.LIMIT_TENDON),
+        )
+        if solver is None:
+            solver = "single_row" if single_limit else "mjx"
+        if solver not in ("single_row", "mjx") or (solver == "single_row" and not single_limit):
+            raise ValueError(f"{task.name}: solver {solver!r} does not apply to this model")
+        #: "single_row": the exact one-limit-row solve; "mjx": MJX's solver (any model).
+        self.solver = solver
+        self._integrator = int(m.opt.integrator)
+        if self._integrator not in (int(mjx.IntegratorType.EULER), int(mjx.IntegratorType.RK4)):
+            raise NotImplementedError(f"{task.name}: integrator {self._integrator} not supported by the oracle")
+        if self._integrator == int(mjx.IntegratorType.RK4):
+            slide_hinge = np.isin(np.asarray(m.jnt_type), (int(mjx.JointType.SLIDE), int(mjx.JointType.HINGE)))
+            if not slide_hinge.all() or m.na:
+                # The batch RK4 below integrates positions as qpos + dt * qvel.
+                raise NotImplementedError(f"{task.name}: batch RK4 supports slide/hinge joints without activations")
+
+    # -- state construction ------------------------------------------------
+
+    def data(self, qpos: jax.Array, qvel: jax.Array):
+        """qpos (N, nq), qvel (N, nv) -> mjx.Data batch (fresh, as mj_resetData + set state)."""
+        return jax.vmap(lambda qp, qv: self.template.replace(qpos=qp, qvel=qv))(qpos, qvel)
+
+    def kinematics(self, d):
+        return jax.vmap(lambda x: mjx.kinematics(self.model, x))(d)
+
+    def state(self, obs: jax.Array):
+        """obs (N, obs_dim) -> Data batch holding the physics state (qpos, qvel), nothing computed."""
+        qpos, qvel = jax.vmap(self.task.qpos_qvel_from_obs)(obs)
+        return self.data(qpos, qvel)
+
+    def aux(self, obs: jax.Array, d) -> jax.Array:
+        """obs (N, obs_dim), Data with kinematics at the obs' qpos -> aux (N, aux_dim)."""
+        if self.task.aux_dim:
+            return jax.vmap(self.task.aux_from_obs)(obs, d)
+        return jnp.zeros((obs.shape[0], 0), obs.dtype)
+
+    def observe(self, d, aux: jax.Array) -> jax.Array:
+        """Data batch with kinematics current, aux -> obs (N, obs_dim)."""
+        return jax.vmap(self.task.obs_from_data)(d, aux)
+
+    def reset(self, keys: jax.Array):
+        """keys (N,) -> (Data batch with kinematics, aux) from the task's reset distribution."""
+        qpos, qvel, aux = jax.vmap(lambda k: self.task.reset(k, self.dtype))(keys)
+        return self.kinematics(self.data(qpos, qvel)), aux
+
+    # -- dynamics ------------------------------------------------------------
+
+    def _smooth(self, d):
+        """Everything of mj_forward before the constraint solver, per state."""
+        m = self.model
+
+        def one(x):
+            x = mjx.fwd_position(m, x)
+            x = mjx.sensor_pos(m, x)
+            x = mjx.fwd_velocity(m, x)
+            x = mjx.sensor_vel(m, x)
+            x = mjx.fwd_actuation(m, x)
+            return mjx.fwd_acceleration(m, x)
+
+        return jax.vmap(one)(d)
+
+    def _solve(self, d):
+        """The constraint solve of mj_forward for a batch whose smooth dynamics are done."""
+        if self.solver == "single_row":
+            return self._solve_single_row(d)
+        return self._solve_mjx(d)
+
+    def _solve_single_row(self, d):
+        """Exact solution of MuJoCo's constraint problem when it has one inequality row.
+
+        MuJoCo's solvers minimise, over qacc,
+            0.5 (qacc - qacc_smooth)' M (qacc - qacc_smooth) + s(J qacc - aref),
+        s(x) = 0.5 D x^2 for x < 0, else 0 (a joint-limit row; MJX zeroes J and
+        aref while the joint is inside its range). The cost is strictly convex
+        and its minimiser has a closed form: with r0 = J qacc_smooth - aref,
+        if r0 >= 0 it is qacc_smooth (no force); else the row is active and,
+        writing y = M^-1 J', the force is f = -D r0 / (1 + D J y) and
+        qacc = qacc_smooth + y f (KKT: M (qacc - qacc_smooth) = J' f,
+        f = -D (J qacc - aref); the residual J qacc - aref = r0 / (1 + D J y)
+        keeps r0's sign, so the active guess is consistent). MuJoCo's Newton
+        solver converges to this point (to rounding) in one or two iterations;
+        MJX's, under vmap, would run its 50-step line-search scan for every
+        state in the batch. Used for models whose only constraint row is a
+        joint or tendon limit (cartpole's slider, reacher's wrist).
+        """
+        m = self.model
+        impl = d._impl
+        j = impl.efc_J[:, 0, :]  # (N, nv)
+        aref, dinv = impl.efc_aref[:, 0], impl.efc_D[:, 0]  # efc_D is the row's D (1 / R)
+        qs = d.qacc_smooth
+
+        def m_inv_jt(x, jrow):  # M^-1 J' for one state
+            return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(mjx.full_m(m, x)), jrow)
+
+        y = jax.vmap(m_inv_jt)(d, j)  # (N, nv)
+        r0 = jnp.sum(j * qs, axis=1) - aref
+        force = jnp.where(r0 < 0, -dinv * r0 / (1 + dinv * jnp.sum(j * y, axis=1)), 0)
+        return d.tree_replace(
+            {
+                "qacc": qs + y * force[:, None],
+                "qfrc_constraint": j * force[:, None],
+                "_impl.efc_force": force[:, None],
+            }
+        )
+
+    def _solve_mjx(self, d):
+        """MJX's own solver for any constraint set, run only if some state needs it.
+
+        A state whose constraint rows all have zero Jacobian and reference
+        acceleration has constant (zero) constraint cost: its answer is
+        qacc_smooth with zero force, set directly (and kept even when the
+        solver runs for the rest of the batch).
+        """
+        m = self.model
+        impl = d._impl
+        need = jnp.any(impl.efc_J != 0, axis=(1, 2)) | jnp.any(impl.efc_aref != 0, axis=1)
+        free = d.tree_replace(
+            {
+                "qacc": d.qacc_smooth,
+                "qfrc_constraint": jnp.zeros_like(d.qfrc_constraint),
+                "_impl.efc_force": jnp.zeros_like(impl.efc_force),
+            }
+        )
+
+        def solve_all(d):
+            solved = jax.vmap(lambda x: mjx.solve(m, x))(d)
+
+            def pick(a, b):
+                return jnp.where(need.reshape(need.shape + (1,) * (a.ndim - 1)), a, b)
+
+            return free.tree_replace(
+                {
+                    "qacc": pick(solved.qacc, free.qacc),
+                    "qfrc_constraint": pick(solved.qfrc_constraint, free.qfrc_constraint),
+                    "_impl.efc_force": pick(solved._impl.efc_force, free._impl.efc_force),
+                }
+            )
+
+        return jax.lax.cond(jnp.any(need), solve_all, lambda d: free, d)
+
+    def forward(self, d):
+        """mj_forward for a batch: smooth dynamics, then constraints."""
+        d = self._smooth(d)
+        if not self._has_constraints:
+            return d.replace(qacc=d.qacc_smooth)
+        d = self._solve(d)
+        return jax.vmap(lambda x: mjx.sensor_acc(self.model, x))(d)
+
+    def _rk4(self, d0):
+        """MuJoCo's RK4 (explicit, 4 stages) for a batch whose forward is done.
+
+        Stage i evaluates the forward dynamics at qpos0 + dt * a_i * v_{i-1},
+        qvel0 + dt * a_i * acc_{i-1}; the step combines the stage velocities
+        and accelerations with weights b. Slide/hinge joints only (checked).
+        """
+        dt = self.model.opt.timestep
+        a = np.array([0.5, 0.5, 1.0])
+        b = np.array([1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0])
+
+        def stage(carry, coef):
+            qvel_sum, qacc_sum, d = carry
+            ai, bi, ci = coef
+            kqpos = d0.qpos + dt * (ai * d.qvel)
+            kqvel = d0.qvel + (ai * d.qacc) * dt
+            d = self.forward(d.replace(qpos=kqpos, qvel=kqvel, time=d0.time + ci * dt))
+            return (qvel_sum + bi * d.qvel, qacc_sum + bi * d.qacc, d), None
+
+        coefs = jnp.asarray(np.stack([a, b[1:], a]).T, self.dtype)  # c_i (stage time) = a_i for RK4
+        init = (b[0] * d0.qvel, b[0] * d0.qacc, d0)
+        (qvel_sum, qacc_sum, d1), _ = jax.lax.scan(stage, init, coefs)
+        return d1.replace(
+            qpos=d0.qpos + dt * qvel_sum,
+            qvel=d0.qvel + qacc_sum * dt,
+            act=d0.act,
+            time=d0.time + dt,
+            qacc_warmstart=d1.qacc,
+        )
+
+    def integrate(self, d):
+        """Second half of mj_step: advance a forwarded batch by one timestep."""
+        if self._integrator == int(mjx.IntegratorType.EULER):
+            return jax.vmap(lambda x: mjx.euler(self.model, x))(d)
+        return self._rk4(d)
+
+    def start(self, d, ctrl: jax.Array):
+        """Set ctrl (N, nu) and run the forward dynamics: ready for :meth:`hold`."""
+        return self.forward(d.replace(ctrl=ctrl))
+
+    def hold(self, d, frame_skip: int):
+        """frame_skip physics steps of a batch already forwarded at its ctrl (see :meth:`start`).
+
+        Returns the new state, not forwarded: its kinematics are stale.
+        """
+        d = self.integrate(d)
+        d, _ = jax.lax.scan(lambda x, _: (self.integrate(self.forward(x)), None), d, None, length=frame_skip - 1)
+        return d
+
+    def scan_observe(self, d, aux: jax.Array, ctrls: jax.Array, frame_skip: int) -> jax.Array:
+        """Open-loop trajectory observations: ctrls (k, N, nu) -> (k, N, obs_dim).
+
+        ``d`` is the batch forwarded at ``ctrls[0]``. Each env step holds its
+        ctrl for frame_skip physics steps; the forward pass at the next step's
+        ctrl then also refreshes the kinematics the observation reads, so no
+        separate kinematics pass is needed (as dm_control's legacy Euler step,
+        which ends with mj_step1). Physics state, warm start included, is
+        carried between steps.
+        """
+        ctrl_next = jnp.concatenate([ctrls[1:], ctrls[-1:]], axis=0)
+
+        def body(d, c_next):
+            d = self.start(self.hold(d, frame_skip), c_next)
+            return d, self.observe(d, aux)
+
+        _, traj = jax.lax.scan(body, d, ctrl_next)
+        return traj
+
+@functools.lru_cache(maxsize=None)
+def physics_for(task_cls: type, precision: Precision, solver: str | None = None) -> Physics:
+    """The Physics (mjx.Model) of a task at a precision: built on first use, then cached.
+
+    ``solver`` None picks the fastest exact solver for the model (tests force "mjx").
+    """
+    mj_model = load_mj_model(task_cls.xml_file)
+    task = task_cls.from_model(mj_model)
+    with precision_scope(precision):
+        return Physics(task, mj_model, precision, solver)
+
+
+# ----------------------------------------------------------------------------
+# the oracle
+# ----------------------------------------------------------------------------
+
+
+def _is_tracer(x: Any) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+class Oracle:
+    """The true simulator of one DMC task, batched: ``next_obs = step(obs, action)``.
+
+    Static configuration only (task, sizes, frame_skip, precision, default
+    action set, actuator range); every method is pure and batched and may be
+    called inside ``jax.jit``/``vmap``. Build with ``wmel_jax.make_oracle``.
+
+    Attributes:
+      task: task name, e.g. ``"cartpole-swingup"``.
+      obs_dim, action_dim, frame_skip: ints.
+      precision: ``"float32"`` or ``"float64"``; ``dtype`` the numpy dtype.
+      actions: the default discrete action set, numpy (A, action_dim).
+      ctrl_range: actuator control range, numpy (action_dim, 2) [low, high].
+
+    Values (NaN/inf, action range) are checked when a method receives concrete
+    arrays; under a trace only shapes can be checked, so call
+    :meth:`validate_states` / :meth:`validate_actions` at your boundary.
+    """
+
+    def __init__(self, task_cls: type, frame_skip: int, precision: Precision, solver: str | None = None):
+        self._task_cls = task_cls
+        self._physics = physics_for(task_cls, precision, solver)
+        task = self._physics.task
+        self.task: str = task.name
+        self.obs_dim: int = task.obs_dim
+        self.action_dim: int = task.action_dim
+        self.frame_skip: int = frame_skip
+        self.precision: Precision = precision
+        self.dtype = np.dtype(_DTYPES[precision])
+        actions = np.array(task.default_actions(), dtype=np.float64)
+        actions.setflags(write=False)
+        self.actions: np.ndarray = actions
+        mj_model = load_mj_model(task_cls.xml_file)
+        limited = np.asarray(mj_model.actuator_ctrllimited, bool)[:, None]
+        ctrl_range = np.where(limited, np.asarray(mj_model.actuator_ctrlrange, np.float64), [-np.inf, np.inf])
+        ctrl_range.setflags(write=False)
+        self.ctrl_range: np.ndarray = ctrl_range
+        if actions.shape[1] != self.action_dim or mj_model.nu != self.action_dim:
+            raise AssertionError(f"{self.task}: action_dim does not match the model")  # a bug in the task module
+        self._jit_step = jax.jit(self._step_impl)
+        self._jit_rollout = jax.jit(self._rollout_impl)
+        self._jit_score = jax.jit(self._score_impl)
+        self._jit_reset = jax.jit(self._reset_impl, static_argnums=1)
+
+    # -- identity: equal configuration, equal oracle (usable as a static arg) --
+
+    def _key(self) -> tuple:
+        return (self.task, self.frame_skip, self.precision)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Oracle) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Oracle(task={self.task!r}, frame_skip={self.frame_skip}, precision={self.precision!r})"
+
+    @property
+    def physics(self) -> Physics:
+        """The batched MJX physics underneath (for kernels such as sample_states)."""
+        return self._physics
+
+    # -- host-side validation --------------------------------------------------
+
+    def validate_states(self, obs: Any, what: str = "state") -> np.ndarray:
+        """Check a concrete state batch (N, obs_dim): shape, finiteness. Returns it as float64 numpy."""
+        arr = _as_float_array(obs, f"{self.task}: {what}s")
+        _check_width(arr, self.obs_dim, f"{self.task}: {what}s", "obs_dim")
+        _check_finite(arr, f"{self.task}: {what}")
+        return arr
+
+    def validate_actions(self, actions: Any, what: str = "action") -> np.ndarray:
+        """Check concrete actions (M, action_dim): shape, finiteness, actuator range."""
+        arr = _as_float_array(actions, f"{self.task}: {what}s")
+        _check_width(arr, self.action_dim, f"{self.task}: {what}s", "action_dim")
+        _check_finite(arr, f"{self.task}: {what}")
+        lo, hi = self.ctrl_range[:, 0], self.ctrl_range[:, 1]
+        bad = np.flatnonzero(((arr < lo) | (arr > hi)).any(axis=1))
+        if bad.size:
+            i = int(bad[0])
+            raise WmelError(
+                f"{self.task}: {what} row {i} = {arr[i].tolist()} is outside the actuator range "
+                f"[{lo.tolist()}, {hi.tolist()}]"
+            )
+        return arr
+
+    def _check(self, x: Any, kind: str, what: str) -> jax.Array:
+        """Boundary check of one argument; values only when concrete."""
+        width = self.obs_dim if kind == "state" else self.action_dim
+        if _is_tracer(x):
+            if x.ndim != 2 or x.shape[1] != width or x.shape[0] == 0:
+                name = "obs_dim" if kind == "state" else "action_dim"
+                raise WmelError(f"{self.task}: {what}s must have shape (N, {name}={width}) with N >= 1; got {tuple(x.shape)}")
+            return x.astype(self.dtype)
+        arr = self.validate_states(x, what) if kind == "state" else self.validate_actions(x, what)
+        # A jax array goes on as it is (no host round trip); anything else as the checked copy.
+        return jnp.asarray(x if isinstance(x, jax.Array) else arr, self.dtype)
+
+    # -- public batched methods ------------------------------------------------
+
+    def step(self, obs: Any, action: Any) -> jax.Array:
+        """Next observations: obs (N, obs_dim), action (N, action_dim) -> (N, obs_dim)."""
+        with precision_scope(self.precision):
+            obs = self._check(obs, "state", "state")
+            action = self._check(action, "action", "action")
+            if obs.shape[0] != action.shape[0]:
+                raise WmelError(f"{self.task}: {obs.shape[0]} states but {action.shape[0]} actions")
+            return self._jit_step(obs, action)
+
+    def step_all(self, obs: Any, actions: Any = None) -> jax.Array:
+        """Every action from every state: obs (N, obs_dim), actions (A, action_dim) -> (N, A, obs_dim).
+
+        ``actions`` defaults to the oracle's default action set.
+        """
+        with precision_scope(self.precision):
+            obs = self._check(obs, "state", "state")
+            actions = self._check(self.actions if actions is None else actions, "action", "action")
+            n, a = obs.shape[0], actions.shape[0]
+            # The pairs go through the step kernel itself (shared compile, same numbers as step).
+            nxt = self._jit_step(jnp.repeat(obs, a, axis=0), jnp.tile(actions, (n, 1)))
+            return nxt.reshape(n, a, self.obs_dim)
+
+    def rollout(self, obs: Any, action_seq: Any) -> jax.Array:
+        """Open-loop k-step trajectories with one shared action sequence.
+
+        obs (N, obs_dim), action_seq (k, action_dim) -> (k, N, obs_dim); entry t
+        is the observation after actions 0..t. The physics state (including the
+        solver warm start) is carried between steps, as in dm_control.
+        """
+        with precision_scope(self.precision):
+            obs = self._check(obs, "state", "state")
+            action_seq = self._check(action_seq, "action", "action_seq step")
+            return self._jit_rollout(obs, action_seq)
+
+    def score(self, obs: Any) -> jax.Array:
+        """The task's M3 score per state (lower is better): obs (N, obs_dim) -> (N,)."""
+        with precision_scope(self.precision):
+            return self._jit_score(self._check(obs, "state", "state"))
+
+    def reset(self, key: jax.Array, n: int) -> jax.Array:
+        """n observations from the task's reset distribution (dm_control's initialize_episode)."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise WmelError(f"{self.task}: reset needs a positive int n; got {n!r}")
+        with precision_scope(self.precision):
+            return self._jit_reset(key, int(n))
+
+    # -- kernels (traced once per shape) ---------------------------------------
+
+    def _step_impl(self, obs, action):
+        p = self._physics
+        d = p.start(p.state(obs), action)
+        aux = p.aux(obs, d)  # the forward pass computed the kinematics at obs' qpos
+        return p.observe(p.kinematics(p.hold(d, self.frame_skip)), aux)
+
+    def _rollout_impl(self, obs, action_seq):
+        p = self._physics
+        n = obs.shape[0]
+        ctrls = jnp.broadcast_to(action_seq[:, None, :], (action_seq.shape[0], n, action_seq.shape[1]))
+        d = p.start(p.state(obs), ctrls[0])
+        return p.scan_observe(d, p.aux(obs, d), ctrls, self.frame_skip)
+
+    def _score_impl(self, obs):
+        return jax.vmap(self._physics.task.score)(obs)
+
+    def _reset_impl(self, key, n):
+        p = self._physics
+        d, aux = p.reset(jax.random.split(key, n))
+        return p.observe(d, aux)
+
+
+# ----------------------------------------------------------------------------
+# host-side checks
+# ----------------------------------------------------------------------------
+
+
+def _as_float_array(x: Any, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise WmelError(f"{what}: not a numeric array ({e})") from None
+    return arr
+
+
+def _check_width(arr: np.ndarray, width: int, what: str, name: str) -> None:
+    if arr.ndim != 2 or arr.shape[1] != width or arr.shape[0] == 0:
+        raise WmelError(f"{what} must have shape (N, {name}={width}) with N >= 1; got {arr.shape}")
+
+
+def _check_finite(arr: np.ndarray, what: str) -> None:
+    bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
+    if bad.size:
+        i = int(bad[0])
+        raise WmelError(f"{what} row {i} is not finite: {arr[i].tolist()} ({bad.size} bad rows)")
