@@ -369,3 +369,17 @@ def test_wrong_shape_under_jit_is_a_trace_time_error(cart):
 def test_bad_reset_count(cart, n):
     with pytest.raises(WmelError, match="positive int n"):
         cart.reset(jax.random.key(0), n)
+
+
+def test_map_chunks_equals_one_batch():
+    # Chunked evaluation (CPU batches above 4,096 states) pads the last chunk
+    # and drops the padding: same result as one batch, for pytrees too.
+    xs = {"a": jnp.arange(10.0)[:, None] * jnp.ones((10, 3)), "b": jnp.arange(10)}
+
+    def fn(x):
+        return {"sum": x["a"].sum(axis=1) + x["b"], "rows": x["a"] * 2}
+
+    for chunk in (None, 3, 4, 10, 16):
+        out = base.map_chunks(fn, (xs,), chunk)
+        np.testing.assert_array_equal(out["sum"], fn(xs)["sum"], err_msg=f"chunk {chunk}")
+        np.testing.assert_array_equal(out["rows"], fn(xs)["rows"], err_msg=f"chunk {chunk}")

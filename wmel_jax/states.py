@@ -19,10 +19,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from wmel_jax.errors import WmelError
 from wmel_jax.oracle import DEFAULT_PRECISION, make_oracle
+from wmel_jax.oracle.base import batch_chunk, compiler_options, map_chunks
 
 __all__ = ["sample_states"]
 
@@ -81,17 +81,22 @@ def _sampler(oracle, episodes: int, reset_every: int):
     physics = oracle.physics
     frame_skip = oracle.frame_skip
 
+    def episodes_from(d, aux, ctrls):
+        """Reset data (E,), aux (E, aux_dim), ctrls (E, reset_every - 1, nu) -> (E, reset_every, obs_dim)."""
+        first = physics.observe(d, aux)[:, None]
+        if reset_every == 1:
+            return first
+        ctrls = jnp.swapaxes(ctrls, 0, 1)  # time-major for the scan
+        traj = physics.scan_observe(physics.start(d, ctrls[0]), aux, ctrls, frame_skip)
+        return jnp.concatenate([first, jnp.swapaxes(traj, 0, 1)], axis=1)
+
     def kernel(key, action_set):
         k_reset, k_act = jax.random.split(key)
         d, aux = physics.reset(jax.random.split(k_reset, episodes))
-        first = physics.observe(d, aux)[None]  # (1, episodes, obs_dim)
-        if reset_every == 1:
-            return first[0]
-        # (steps, episodes) indices into the action set: step t of every episode is one scan step.
-        idx = jax.random.randint(k_act, (reset_every - 1, episodes), 0, action_set.shape[0])
+        # (episodes, steps) indices into the action set.
+        idx = jax.random.randint(k_act, (episodes, max(reset_every - 1, 0)), 0, action_set.shape[0])
         ctrls = action_set[idx]
-        traj = physics.scan_observe(physics.start(d, ctrls[0]), aux, ctrls, frame_skip)
-        obs = jnp.concatenate([first, traj], axis=0)  # (reset_every, episodes, obs_dim)
-        return jnp.swapaxes(obs, 0, 1).reshape(episodes * reset_every, -1)
+        obs = map_chunks(episodes_from, (d, aux, ctrls), batch_chunk())  # (episodes, reset_every, obs_dim)
+        return obs.reshape(episodes * reset_every, -1)
 
-    return jax.jit(kernel)
+    return jax.jit(kernel, compiler_options=compiler_options())

@@ -1,38 +1,43 @@
 """Shared MJX machinery for the task oracles: models, batched physics, the Oracle.
 
-Layout of one oracle call (all batched over N states, one jit kernel)::
+One oracle step, batched over N states in one jit kernel::
 
-    obs (N, obs_dim) --task.state_from_obs--> mjx.Data (qpos, qvel) [+ aux]
-        --frame_skip x physics step (ctrl = action)--> mjx.Data
+    obs (N, obs_dim) --task.qpos_qvel_from_obs--> mjx.Data (qpos, qvel), ctrl = action
+        --forward (kinematics at obs' qpos: task.aux_from_obs, e.g. reacher's target)
+        --integrate, then (forward, integrate) x (frame_skip - 1)
         --kinematics--> task.obs_from_data --> next_obs (N, obs_dim)
 
-The physics step is MuJoCo's, stage by stage from MJX (``fwd_position`` ...
-``fwd_acceleration``, ``solve``, ``euler``), on dm_control's own task model.
-It is arranged at the level of the whole batch instead of ``vmap(mjx.step)``
-for speed only; the arithmetic per state is MJX's:
+The physics is MuJoCo's, stage by stage from MJX (``fwd_position``,
+``fwd_velocity``, ``fwd_actuation``, ``fwd_acceleration``, the constraint
+solve, ``euler`` / RK4) on dm_control's own task model. It is arranged at
+the level of the whole batch instead of ``vmap(mjx.step)``, for speed only:
 
-* the constraint solver (MJX's ``solve``) runs only on the states that have
-  a constraint row in play (a joint at its limit). For every other state the
-  constraint problem is empty, so its solution is ``qacc = qacc_smooth`` with
-  zero constraint force, exactly what MuJoCo computes when there are no
-  active constraints. Under ``vmap`` MJX would run the solver's while loop,
-  and a 50-step line-search scan inside it, on every state for as long as any
-  one state needs it (see ``benchmarks/oracle_throughput.py``);
-* RK4 (cartpole, acrobot) is MuJoCo's 4-stage tableau written at batch level
-  so that each stage's forward pass gets the same treatment.
+* the constraint solve. Cartpole's slider and reacher's wrist are limited
+  joints, so MuJoCo builds one constraint row while the joint is at its
+  limit; MJX always carries the row (zeroed when inactive) and, under vmap,
+  runs its Newton solver (a while loop around a 50-step line-search scan)
+  on every state for as long as any one state needs it. With a single
+  inequality row the problem MuJoCo's solvers minimise has a closed-form
+  minimiser, computed here for all states at once (``_solve_single_row``);
+  models with other constraints use MJX's solver, skipped when no state in
+  the batch has a constraint in play (``_solve_mjx``);
+* RK4 (cartpole, acrobot) is MuJoCo's 4-stage tableau written at batch
+  level so that each stage's forward pass gets the same solve;
+* XLA's CPU YNNPACK fusions are switched off for these kernels
+  (:func:`compiler_options`).
 
 Observations are read after the step with kinematics refreshed, as
-dm_control's ``Physics.step`` ends with ``mj_step1`` (position stage).
+dm_control's ``Physics.step`` ends with ``mj_step1`` (position stage); in
+rollouts the next step's forward pass provides them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import importlib.util
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Literal
+from typing import Any, ClassVar, Iterator, Literal
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +56,9 @@ __all__ = [
     "precision_scope",
     "check_precision",
     "dm_control_suite_dir",
+    "compiler_options",
+    "batch_chunk",
+    "map_chunks",
 ]
 
 Precision = Literal["float32", "float64"]
@@ -419,6 +427,53 @@ class Physics:
         _, traj = jax.lax.scan(body, d, ctrl_next)
         return traj
 
+def batch_chunk() -> int | None:
+    """States per chunk for the physics kernels on this backend (None: no chunking).
+
+    On CPU a batch runs as consecutive chunks of 4,096 states (``lax.map``):
+    MJX's intermediates for a chunk stay in cache, where a 64k batch at once
+    streams every intermediate array through memory (measured on 2 cores:
+    64k acrobot steps 258k/s whole, 473k/s in chunks; 16k reacher 622k/s,
+    989k/s). Accelerators get the whole batch (their parallelism is the batch).
+    """
+    return 4096 if jax.default_backend() == "cpu" else None
+
+
+def map_chunks(fn, xs: tuple, chunk: int | None):
+    """fn over a batch in chunks: xs pytrees of arrays with leading axis N -> fn's outputs, leading axis N.
+
+    The last chunk is padded with copies of row 0 (valid inputs; the padded
+    results are dropped). Sequential over chunks (``lax.map``), batched within.
+    """
+    n = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    if chunk is None or n <= chunk:
+        return fn(*xs)
+    n_chunks = -(-n // chunk)
+    pad = n_chunks * chunk - n
+
+    def split(x):
+        if pad:
+            x = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])])
+        return x.reshape((n_chunks, chunk) + x.shape[1:])
+
+    out = jax.lax.map(lambda c: fn(*c), jax.tree_util.tree_map(split, xs))
+    return jax.tree_util.tree_map(lambda y: y.reshape((n_chunks * chunk,) + y.shape[2:])[:n], out)
+
+
+def compiler_options() -> dict[str, Any]:
+    """XLA options for the physics kernels (per jit: nothing global changes).
+
+    On CPU, XLA hands small dot products to YNNPACK fusions, which are slow on
+    MJX's many tiny batched (3x3, 6x6, nv x nv) products: without them the
+    reacher step runs ~30% faster, the RK4 tasks ~10% faster (see
+    benchmarks/oracle_throughput.py). Codegen only: the arithmetic is the same
+    operations, summed in XLA's own loops.
+    """
+    if jax.default_backend() == "cpu":
+        return {"xla_cpu_experimental_ynn_fusion_type": ""}
+    return {}
+
+
 @functools.lru_cache(maxsize=None)
 def physics_for(task_cls: type, precision: Precision, solver: str | None = None) -> Physics:
     """The Physics (mjx.Model) of a task at a precision: built on first use, then cached.
@@ -479,10 +534,19 @@ class Oracle:
         self.ctrl_range: np.ndarray = ctrl_range
         if actions.shape[1] != self.action_dim or mj_model.nu != self.action_dim:
             raise AssertionError(f"{self.task}: action_dim does not match the model")  # a bug in the task module
-        self._jit_step = jax.jit(self._step_impl)
-        self._jit_rollout = jax.jit(self._rollout_impl)
-        self._jit_score = jax.jit(self._score_impl)
-        self._jit_reset = jax.jit(self._reset_impl, static_argnums=1)
+        self._chunk = batch_chunk()
+        opts = compiler_options()
+        # Each kernel twice: with the CPU codegen options for top-level calls,
+        # plain for calls inside a caller's trace (jit refuses options there).
+        self._kernels = {
+            name: (jax.jit(fn, static_argnums=static, compiler_options=opts), jax.jit(fn, static_argnums=static))
+            for name, fn, static in (
+                ("step", self._step_impl, ()),
+                ("rollout", self._rollout_impl, ()),
+                ("score", self._score_impl, ()),
+                ("reset", self._reset_impl, (1,)),
+            )
+        }
 
     # -- identity: equal configuration, equal oracle (usable as a static arg) --
 
@@ -548,7 +612,7 @@ class Oracle:
             action = self._check(action, "action", "action")
             if obs.shape[0] != action.shape[0]:
                 raise WmelError(f"{self.task}: {obs.shape[0]} states but {action.shape[0]} actions")
-            return self._jit_step(obs, action)
+            return self._run("step", obs, action)
 
     def step_all(self, obs: Any, actions: Any = None) -> jax.Array:
         """Every action from every state: obs (N, obs_dim), actions (A, action_dim) -> (N, A, obs_dim).
@@ -560,7 +624,7 @@ class Oracle:
             actions = self._check(self.actions if actions is None else actions, "action", "action")
             n, a = obs.shape[0], actions.shape[0]
             # The pairs go through the step kernel itself (shared compile, same numbers as step).
-            nxt = self._jit_step(jnp.repeat(obs, a, axis=0), jnp.tile(actions, (n, 1)))
+            nxt = self._run("step", jnp.repeat(obs, a, axis=0), jnp.tile(actions, (n, 1)))
             return nxt.reshape(n, a, self.obs_dim)
 
     def rollout(self, obs: Any, action_seq: Any) -> jax.Array:
@@ -573,34 +637,47 @@ class Oracle:
         with precision_scope(self.precision):
             obs = self._check(obs, "state", "state")
             action_seq = self._check(action_seq, "action", "action_seq step")
-            return self._jit_rollout(obs, action_seq)
+            return self._run("rollout", obs, action_seq)
 
     def score(self, obs: Any) -> jax.Array:
         """The task's M3 score per state (lower is better): obs (N, obs_dim) -> (N,)."""
         with precision_scope(self.precision):
-            return self._jit_score(self._check(obs, "state", "state"))
+            return self._run("score", self._check(obs, "state", "state"))
 
     def reset(self, key: jax.Array, n: int) -> jax.Array:
         """n observations from the task's reset distribution (dm_control's initialize_episode)."""
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise WmelError(f"{self.task}: reset needs a positive int n; got {n!r}")
         with precision_scope(self.precision):
-            return self._jit_reset(key, int(n))
+            return self._run("reset", key, int(n))
 
     # -- kernels (traced once per shape) ---------------------------------------
 
+    def _run(self, name: str, *args):
+        top_level, nested = self._kernels[name]
+        traced = any(_is_tracer(x) for x in jax.tree_util.tree_leaves(args))
+        return (nested if traced else top_level)(*args)
+
     def _step_impl(self, obs, action):
         p = self._physics
-        d = p.start(p.state(obs), action)
-        aux = p.aux(obs, d)  # the forward pass computed the kinematics at obs' qpos
-        return p.observe(p.kinematics(p.hold(d, self.frame_skip)), aux)
+
+        def step(obs, action):
+            d = p.start(p.state(obs), action)
+            aux = p.aux(obs, d)  # the forward pass computed the kinematics at obs' qpos
+            return p.observe(p.kinematics(p.hold(d, self.frame_skip)), aux)
+
+        return map_chunks(step, (obs, action), self._chunk)
 
     def _rollout_impl(self, obs, action_seq):
         p = self._physics
-        n = obs.shape[0]
-        ctrls = jnp.broadcast_to(action_seq[:, None, :], (action_seq.shape[0], n, action_seq.shape[1]))
-        d = p.start(p.state(obs), ctrls[0])
-        return p.scan_observe(d, p.aux(obs, d), ctrls, self.frame_skip)
+        k, nu = action_seq.shape
+
+        def rollout(obs):  # -> (N, k, obs_dim): batch first for map_chunks
+            ctrls = jnp.broadcast_to(action_seq[:, None, :], (k, obs.shape[0], nu))
+            d = p.start(p.state(obs), ctrls[0])
+            return jnp.swapaxes(p.scan_observe(d, p.aux(obs, d), ctrls, self.frame_skip), 0, 1)
+
+        return jnp.swapaxes(map_chunks(rollout, (obs,), self._chunk), 0, 1)
 
     def _score_impl(self, obs):
         return jax.vmap(self._physics.task.score)(obs)
