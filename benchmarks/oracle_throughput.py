@@ -60,7 +60,7 @@ def _timed(fns: dict[str, Callable[[], Any]], runs: int) -> dict[str, tuple[floa
     return {name: (first[name], float(np.median(times[name]))) for name in fns}
 
 
-def _naive_step(oracle):
+def _naive_step(oracle, compiler_options: dict | None = None):
     """jit(vmap(per-state: obs -> state, mjx.step x frame_skip, kinematics, obs))."""
     import jax
 
@@ -76,7 +76,7 @@ def _naive_step(oracle):
         d = jax.lax.fori_loop(0, oracle.frame_skip, lambda _, x: mjx.step(m, x), d)
         return task.obs_from_data(mjx.kinematics(m, d), aux)
 
-    return jax.jit(jax.vmap(one))
+    return jax.jit(jax.vmap(one), compiler_options=compiler_options)
 
 
 class _Native:

@@ -64,9 +64,11 @@ __all__ = [
 Precision = Literal["float32", "float64"]
 PRECISIONS: tuple[str, ...] = ("float32", "float64")
 #: float64: on 10,000 sampled states per task a float32 oracle orders the
-#: action set differently from a float64 one on a measurable fraction of states
-#: (benchmarks/results/oracle_precision.json), which would move M3 by itself;
-#: float64 costs little on CPU. float32 stays available for GPUs / x64-off use.
+#: action set differently from a float64 one on 2.8% of cartpole states (ties:
+#: one step moves cos(theta) below float32 resolution), 0.14% of acrobot's,
+#: 0.01% of reacher's (benchmarks/results/oracle_precision.json), noise that
+#: would enter M3 by itself; float64 costs only 1.2-1.3x on CPU. float32 stays
+#: available (GPUs, x64 off).
 DEFAULT_PRECISION: Precision = "float64"
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -551,7 +553,7 @@ class Oracle:
     # -- identity: equal configuration, equal oracle (usable as a static arg) --
 
     def _key(self) -> tuple:
-        return (self.task, self.frame_skip, self.precision)
+        return (self.task, self.frame_skip, self.precision, self._physics.solver)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Oracle) and self._key() == other._key()
