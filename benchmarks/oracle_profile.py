@@ -14,7 +14,9 @@ Two tables, float64, same seeded states (``sample_states``) and actions:
    ``naive``        jit(vmap(mjx.step)) per state (the textbook kernel),
    ``+no_ynn``      the same with XLA's CPU YNNPACK fusions off,
    ``+batch_solve`` the oracle's batch-level step (exact one-row solve /
-                    MJX solver only where needed), YNNPACK off, one batch,
+                    MJX solver only where needed), MJX's LAPACK factorisations,
+                    YNNPACK off, one batch,
+   ``+small_linalg`` + the elementwise Cholesky of the 2x2 mass matrix,
    ``oracle``       + 4,096-state chunks: what ``make_oracle`` runs,
    with MuJoCo's native ``mujoco.rollout`` on all cores as the yardstick.
 
@@ -98,9 +100,13 @@ def ablation(oracle, obs, act, runs: int, nthread: int, naive_max: int) -> tuple
     if n <= naive_max:  # vmap(mjx.step) at 64k takes minutes per call here
         variants["naive"] = _naive_step(oracle)
         variants["+no_ynn"] = _naive_step(oracle, NO_YNN)
-    one_batch = base.Oracle(type(oracle.physics.task), oracle.frame_skip, oracle.precision)
+    task_cls = type(oracle.physics.task)
+    lapack = base.Oracle(task_cls, oracle.frame_skip, oracle.precision, factor="lapack")
+    lapack._chunk = None
+    variants["+batch_solve"] = jax.jit(lapack._step_impl, compiler_options=NO_YNN)
+    one_batch = base.Oracle(task_cls, oracle.frame_skip, oracle.precision)
     one_batch._chunk = None
-    variants["+batch_solve"] = jax.jit(one_batch._step_impl, compiler_options=NO_YNN)
+    variants["+small_linalg"] = jax.jit(one_batch._step_impl, compiler_options=NO_YNN)
     variants["oracle"] = oracle._kernels["step"][0]
     native = _Native(oracle, nthread)
     states = native.states(obs)

@@ -127,14 +127,28 @@ def test_step_matches_dm_control_and_step_all(parity, task):
 
 
 @pytest.mark.parametrize("task", ["reacher-easy"])
-def test_mjx_solver_path_matches_dm_control(parity, task):
-    # The general path (MJX's own solver, for models with other constraints)
-    # must match too; cartpole and reacher use the exact one-row solve.
+def test_general_mjx_path_matches_dm_control(parity, task):
+    # The general path (MJX's own constraint solver, fwd_position,
+    # fwd_acceleration and euler with LAPACK factorisations), taken by models
+    # outside the fast cases, must match too.
     states, ref, _ = parity(task)
-    oracle = base.Oracle(wmel_jax.oracle.task_class(task), 1, "float64", solver="mjx")
-    assert oracle.physics.solver == "mjx" and wmel_jax.make_oracle(task).physics.solver == "single_row"
+    oracle = base.Oracle(wmel_jax.oracle.task_class(task), 1, "float64", solver="mjx", factor="lapack")
+    fast = wmel_jax.make_oracle(task).physics
+    assert (oracle.physics.solver, oracle.physics.factor) == ("mjx", "lapack")
+    assert (fast.solver, fast.factor) == ("single_row", "elementwise"), "the task should take the fast paths"
     err = np.abs(np.asarray(oracle.step_all(states)) - ref[1]).max()
-    assert err <= F64_STEP_TOL, f"{task}: MJX-solver oracle vs dm_control max diff {err:.3g} > {F64_STEP_TOL:g}"
+    assert err <= F64_STEP_TOL, f"{task}: general-path oracle vs dm_control max diff {err:.3g} > {F64_STEP_TOL:g}"
+
+
+def test_elementwise_cholesky_matches_lapack():
+    rng = np.random.default_rng(9)
+    for n in range(1, base.SMALL_NV + 1):
+        x = rng.normal(size=(n, n))
+        a = x @ x.T + n * np.eye(n)
+        b = rng.normal(size=n)
+        u = np.asarray(base.cholesky_upper(jnp.asarray(a)))
+        np.testing.assert_allclose(u, np.linalg.cholesky(a).T, rtol=1e-12, atol=1e-12, err_msg=f"factor, n={n}")
+        np.testing.assert_allclose(base.cholesky_solve_upper(jnp.asarray(u), jnp.asarray(b)), np.linalg.solve(a, b), rtol=1e-10, err_msg=f"solve, n={n}")
 
 
 @pytest.mark.parametrize("frame_skip", [1, 2])

@@ -21,10 +21,19 @@ the level of the whole batch instead of ``vmap(mjx.step)``, for speed only:
   minimiser, computed here for all states at once (``_solve_single_row``);
   models with other constraints use MJX's solver, skipped when no state in
   the batch has a constraint in play (``_solve_mjx``);
+* the mass matrix of these small models (2 dofs) is factored and solved
+  with an elementwise Cholesky (:func:`cholesky_upper`) where MJX calls
+  LAPACK once per state (``factor_m``, ``solve_m``, ``euler``); the rest of
+  ``fwd_position`` / ``fwd_acceleration`` / ``euler`` is MJX's, stage by stage;
 * RK4 (cartpole, acrobot) is MuJoCo's 4-stage tableau written at batch
-  level so that each stage's forward pass gets the same solve;
-* XLA's CPU YNNPACK fusions are switched off for these kernels
-  (:func:`compiler_options`).
+  level so that each stage's forward pass gets the same treatment;
+* on CPU, XLA's YNNPACK fusions are switched off for these kernels
+  (:func:`compiler_options`) and big batches run in 4,096-state chunks
+  (:func:`batch_chunk`).
+
+Models outside these cases (more constraint rows, more dofs, other joints)
+take MJX's own stages (``solver="mjx"``, ``factor="lapack"``), which the
+tests also run against dm_control.
 
 Observations are read after the step with kinematics refreshed, as
 dm_control's ``Physics.step`` ends with ``mj_step1`` (position stage); in
@@ -58,6 +67,8 @@ __all__ = [
     "dm_control_suite_dir",
     "compiler_options",
     "batch_chunk",
+    "cholesky_upper",
+    "cholesky_solve_upper",
     "map_chunks",
 ]
 
@@ -192,6 +203,40 @@ class TaskDef:
 # batched physics
 # ----------------------------------------------------------------------------
 
+#: Models with a dense mass matrix of at most this many dofs factor it with the
+#: elementwise Cholesky below instead of LAPACK (see Physics._small_dense).
+SMALL_NV = 6
+
+
+def cholesky_upper(a: jax.Array) -> jax.Array:
+    """Upper Cholesky factor U (a = U' U) of one small SPD matrix (nv, nv), written out elementwise.
+
+    The same factor ``jax.scipy.linalg.cho_factor`` returns (MJX's dense
+    ``qLD``), without a LAPACK call: under vmap these become a few fused
+    elementwise ops over the batch, where batched LAPACK on CPU runs one tiny
+    factorisation at a time. nv is static and at most SMALL_NV.
+    """
+    n = a.shape[-1]
+    u = [[jnp.zeros((), a.dtype)] * n for _ in range(n)]
+    for j in range(n):
+        u[j][j] = jnp.sqrt(a[j, j] - sum((u[k][j] * u[k][j] for k in range(j)), jnp.zeros((), a.dtype)))
+        for i in range(j + 1, n):
+            u[j][i] = (a[j, i] - sum((u[k][j] * u[k][i] for k in range(j)), jnp.zeros((), a.dtype))) / u[j][j]
+    return jnp.stack([jnp.stack(row) for row in u])
+
+
+def cholesky_solve_upper(u: jax.Array, b: jax.Array) -> jax.Array:
+    """Solve U' U x = b for one small upper factor U (nv, nv) and b (nv,), elementwise."""
+    n = u.shape[-1]
+    y = []
+    for i in range(n):  # U' y = b (forward)
+        y.append((b[i] - sum((u[k, i] * y[k] for k in range(i)), jnp.zeros((), b.dtype))) / u[i, i])
+    x = [None] * n
+    for i in reversed(range(n)):  # U x = y (backward)
+        x[i] = (y[i] - sum((u[i, k] * x[k] for k in range(i + 1, n)), jnp.zeros((), b.dtype))) / u[i, i]
+    return jnp.stack(x)
+
+
 
 class Physics:
     """Batched MJX physics for one task model at one precision.
@@ -201,7 +246,7 @@ class Physics:
     jitted kernels). Holds the mjx.Model; build with :func:`physics_for`.
     """
 
-    def __init__(self, task: TaskDef, mj_model, precision: Precision, solver: str | None = None):
+    def __init__(self, task: TaskDef, mj_model, precision: Precision, solver: str | None = None, factor: str | None = None):
         self.task = task
         self.precision = precision
         self.dtype = _DTYPES[precision]
@@ -223,11 +268,20 @@ class Physics:
         self._integrator = int(m.opt.integrator)
         if self._integrator not in (int(mjx.IntegratorType.EULER), int(mjx.IntegratorType.RK4)):
             raise NotImplementedError(f"{task.name}: integrator {self._integrator} not supported by the oracle")
-        if self._integrator == int(mjx.IntegratorType.RK4):
-            slide_hinge = np.isin(np.asarray(m.jnt_type), (int(mjx.JointType.SLIDE), int(mjx.JointType.HINGE)))
-            if not slide_hinge.all() or m.na:
-                # The batch RK4 below integrates positions as qpos + dt * qvel.
-                raise NotImplementedError(f"{task.name}: batch RK4 supports slide/hinge joints without activations")
+        slide_hinge = np.isin(np.asarray(m.jnt_type), (int(mjx.JointType.SLIDE), int(mjx.JointType.HINGE))).all()
+        if self._integrator == int(mjx.IntegratorType.RK4) and (not slide_hinge or m.na):
+            # The batch RK4 below integrates positions as qpos + dt * qvel.
+            raise NotImplementedError(f"{task.name}: batch RK4 supports slide/hinge joints without activations")
+        small = (not mjx.is_sparse(m)) and m.nv <= SMALL_NV and slide_hinge and not m.na
+        if factor is None:
+            factor = "elementwise" if small else "lapack"
+        if factor not in ("elementwise", "lapack") or (factor == "elementwise" and not small):
+            raise ValueError(f"{task.name}: factor {factor!r} does not apply to this model")
+        #: "elementwise": a small dense model factors and solves with M via
+        #: cholesky_upper (Euler written out for slide/hinge joints without
+        #: activations); "lapack": MJX's own stages (any model).
+        self.factor = factor
+        self._small_dense = factor == "elementwise"
 
     # -- state construction ------------------------------------------------
 
@@ -263,16 +317,40 @@ class Physics:
     def _smooth(self, d):
         """Everything of mj_forward before the constraint solver, per state."""
         m = self.model
+        if not self._small_dense:
 
-        def one(x):
-            x = mjx.fwd_position(m, x)
+            def one(x):
+                x = mjx.fwd_position(m, x)
+                x = mjx.sensor_pos(m, x)
+                x = mjx.fwd_velocity(m, x)
+                x = mjx.sensor_vel(m, x)
+                x = mjx.fwd_actuation(m, x)
+                return mjx.fwd_acceleration(m, x)
+
+            return jax.vmap(one)(d)
+
+        def one_small(x):
+            # mjx.fwd_position's stages, with the mass matrix factored elementwise.
+            x = mjx.kinematics(m, x)
+            x = mjx.com_pos(m, x)
+            x = mjx.camlight(m, x)
+            x = mjx.tendon(m, x)
+            x = mjx.crb(m, x)
+            x = mjx.tendon_armature(m, x)
+            x = x.tree_replace({"_impl.qLD": cholesky_upper(x._impl.M)})  # = mjx.factor_m (dense)
+            x = mjx.collision(m, x)
+            x = mjx.make_constraint(m, x)
+            x = mjx.transmission(m, x)
             x = mjx.sensor_pos(m, x)
             x = mjx.fwd_velocity(m, x)
             x = mjx.sensor_vel(m, x)
             x = mjx.fwd_actuation(m, x)
-            return mjx.fwd_acceleration(m, x)
+            # mjx.fwd_acceleration, solving with the factor above.
+            qfrc_smooth = x.qfrc_passive - x.qfrc_bias + x.qfrc_actuator + x.qfrc_applied + mjx.xfrc_accumulate(m, x)
+            qacc_smooth = cholesky_solve_upper(x._impl.qLD, qfrc_smooth)
+            return x.replace(qfrc_smooth=qfrc_smooth, qacc_smooth=qacc_smooth)
 
-        return jax.vmap(one)(d)
+        return jax.vmap(one_small)(d)
 
     def _solve(self, d):
         """The constraint solve of mj_forward for a batch whose smooth dynamics are done."""
@@ -305,6 +383,8 @@ class Physics:
         qs = d.qacc_smooth
 
         def m_inv_jt(x, jrow):  # M^-1 J' for one state
+            if self._small_dense:
+                return cholesky_solve_upper(x._impl.qLD, jrow)
             return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(mjx.full_m(m, x)), jrow)
 
         y = jax.vmap(m_inv_jt)(d, j)  # (N, nv)
@@ -393,9 +473,27 @@ class Physics:
 
     def integrate(self, d):
         """Second half of mj_step: advance a forwarded batch by one timestep."""
-        if self._integrator == int(mjx.IntegratorType.EULER):
+        if self._integrator == int(mjx.IntegratorType.RK4):
+            return self._rk4(d)
+        if not self._small_dense:
             return jax.vmap(lambda x: mjx.euler(self.model, x))(d)
-        return self._rk4(d)
+        return jax.vmap(self._euler_small)(d)
+
+    def _euler_small(self, x):
+        """mjx.euler for one state of a small dense model (slide/hinge joints, no activations).
+
+        Semi-implicit Euler with the joint damping implicit (unless disabled):
+        qacc = (M + dt diag(damping))^-1 (qfrc_smooth + qfrc_constraint),
+        qvel += dt qacc, qpos += dt qvel (new), warm start = forward qacc.
+        """
+        m = self.model
+        dt = m.opt.timestep
+        qacc = x.qacc
+        if not m.opt.disableflags & mjx.DisableBit.EULERDAMP:
+            mh = x._impl.M + jnp.diag(dt * m.dof_damping)
+            qacc = cholesky_solve_upper(cholesky_upper(mh), x.qfrc_smooth + x.qfrc_constraint)
+        qvel = x.qvel + qacc * dt
+        return x.replace(qvel=qvel, qpos=x.qpos + dt * qvel, time=x.time + dt, qacc_warmstart=x.qacc)
 
     def start(self, d, ctrl: jax.Array):
         """Set ctrl (N, nu) and run the forward dynamics: ready for :meth:`hold`."""
@@ -477,15 +575,16 @@ def compiler_options() -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=None)
-def physics_for(task_cls: type, precision: Precision, solver: str | None = None) -> Physics:
+def physics_for(task_cls: type, precision: Precision, solver: str | None = None, factor: str | None = None) -> Physics:
     """The Physics (mjx.Model) of a task at a precision: built on first use, then cached.
 
-    ``solver`` None picks the fastest exact solver for the model (tests force "mjx").
+    ``solver`` and ``factor`` None pick the fastest exact paths for the model;
+    tests and benchmarks force the general ones ("mjx", "lapack").
     """
     mj_model = load_mj_model(task_cls.xml_file)
     task = task_cls.from_model(mj_model)
     with precision_scope(precision):
-        return Physics(task, mj_model, precision, solver)
+        return Physics(task, mj_model, precision, solver, factor)
 
 
 # ----------------------------------------------------------------------------
@@ -516,9 +615,11 @@ class Oracle:
     :meth:`validate_states` / :meth:`validate_actions` at your boundary.
     """
 
-    def __init__(self, task_cls: type, frame_skip: int, precision: Precision, solver: str | None = None):
+    def __init__(
+        self, task_cls: type, frame_skip: int, precision: Precision, solver: str | None = None, factor: str | None = None
+    ):
         self._task_cls = task_cls
-        self._physics = physics_for(task_cls, precision, solver)
+        self._physics = physics_for(task_cls, precision, solver, factor)
         task = self._physics.task
         self.task: str = task.name
         self.obs_dim: int = task.obs_dim
@@ -553,7 +654,7 @@ class Oracle:
     # -- identity: equal configuration, equal oracle (usable as a static arg) --
 
     def _key(self) -> tuple:
-        return (self.task, self.frame_skip, self.precision, self._physics.solver)
+        return (self.task, self.frame_skip, self.precision, self._physics.solver, self._physics.factor)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Oracle) and self._key() == other._key()
