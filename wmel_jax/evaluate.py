@@ -219,7 +219,7 @@ def oracle_targets(problem: Problem, chunk_states: int = DEFAULT_CHUNK_STATES) -
     Returns numpy arrays in the oracle's precision: next_obs (N, A, obs_dim),
     scores (N, A), trajectory (k, N, obs_dim).
     """
-    from wmel_jax.oracle.base import precision_scope
+    from wmel_jax.oracle.base import compiler_options, precision_scope
 
     oracle = problem.oracle()
     n, obs_dim = problem.states.shape
@@ -233,7 +233,9 @@ def oracle_targets(problem: Problem, chunk_states: int = DEFAULT_CHUNK_STATES) -
         actions = jnp.asarray(problem.actions, dtype)
         sequence = jnp.asarray(problem.action_sequence, dtype)
         compiled, compile_s = _compiled(
-            _oracle_kernel(oracle), (jax.ShapeDtypeStruct((size, obs_dim), dtype), actions, sequence)
+            _oracle_kernel(oracle),
+            (jax.ShapeDtypeStruct((size, obs_dim), dtype), actions, sequence),
+            compiler_options(),  # the oracle's own codegen options: its kernels are inlined here
         )
         for start, stop in _chunks(n, size):
             t0 = time.perf_counter()
@@ -369,13 +371,13 @@ def model_metrics(
 _COMPILED: dict[tuple, Any] = {}
 
 
-def _compiled(kernel: Callable, args: tuple) -> tuple[Any, float]:
+def _compiled(kernel: Callable, args: tuple, compiler_options: Mapping[str, Any] | None = None) -> tuple[Any, float]:
     """``kernel`` AOT-compiled for the shapes and dtypes of ``args``; (compiled, seconds spent now)."""
     leaves, treedef = jax.tree_util.tree_flatten(args)
     key = (kernel, treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves))
     if key in _COMPILED:
         return _COMPILED[key], 0.0
     t0 = time.perf_counter()
-    compiled = jax.jit(kernel).lower(*args).compile()
+    compiled = jax.jit(kernel, compiler_options=dict(compiler_options or {})).lower(*args).compile()
     _COMPILED[key] = compiled
     return compiled, time.perf_counter() - t0
