@@ -24,6 +24,11 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
+#: The one evaluation shape the eval tests share (states, M2 steps, states per
+#: chunk: 150 = 128 + a padded chunk of 22; the defaults of the reference), so each task's oracle and model
+#: kernels compile once for the whole session.
+EVAL_N, EVAL_K, EVAL_CHUNK = 150, 10, 128
+
 
 # --------------------------------------------------------------------------- #
 # Converted checkpoints, built once per session (torch mirror -> .pt -> wmel-jax file)

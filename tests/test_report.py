@@ -14,7 +14,7 @@ import wmel_jax
 from wmel_jax import downstream as ds
 from wmel_jax import report as rp
 from wmel_jax.errors import WmelError
-from wmel_jax.figure import plot_report
+from wmel_jax.figure import plot_report, plot_reports
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REAL_CARTPOLE_CPG = Path("/work/shared/reference-data/results/dmc_cartpole/tdmpc2_cpg_seed1.json")
@@ -225,6 +225,14 @@ def test_figure_with_undefined_values(tmp_path):
     metrics["m2_curve"] = np.array([0.1, np.nan, np.nan])
     r = rp.build_report(CONFIG, [rp.make_cell("m", metrics)])
     assert plot_report(r, tmp_path / "f.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_several_reports_in_one_figure_is_taller(paired_report, tmp_path):
+    one = plot_report(paired_report, tmp_path / "one.png").read_bytes()
+    two = plot_reports([paired_report, paired_report], tmp_path / "two.png").read_bytes()
+    assert two[:8] == PNG_SIGNATURE
+    height = lambda png: int.from_bytes(png[20:24], "big")  # the IHDR chunk's height field
+    assert height(two) > 1.8 * height(one)
 
 
 # -------------------------------------------------------------- downstream

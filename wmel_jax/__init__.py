@@ -24,6 +24,12 @@ _LAZY: dict[str, str] = {
     "make_oracle": "wmel_jax.oracle",
     "list_tasks": "wmel_jax.oracle",
     "sample_states": "wmel_jax.states",
+    "make_problem": "wmel_jax.evaluate",
+    "oracle_targets": "wmel_jax.evaluate",
+    "model_metrics": "wmel_jax.evaluate",
+    "EvalOptions": "wmel_jax.pipeline",
+    "run_eval": "wmel_jax.pipeline",
+    "run_demo": "wmel_jax.demo",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from wmel_jax.fileio import atomic_output
 
-__all__ = ["plot_report"]
+__all__ = ["plot_report", "plot_reports"]
 
 
 def _label(cell: Mapping[str, Any]) -> str:
@@ -23,24 +23,45 @@ def _label(cell: Mapping[str, Any]) -> str:
 
 
 def plot_report(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Draw the report and write it to ``path`` as a PNG (atomically: nothing on failure).
+    """Draw one report and write it to ``path`` as a PNG (atomically: nothing on failure).
 
     Panels: M2, L2 distance vs step for each model (the k-step divergence
     curve; M2 is its last point); M1 one-step L2 per model; M3 tau-b per model
     on a fixed -1..1 axis with 0 marked (undefined M3 is labelled, not drawn).
     The title gives the task, N and k. Colours match across panels.
     """
+    return plot_reports([report], path)
+
+
+def plot_reports(reports: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Several reports (one per task, say) in one PNG: one row of panels per report."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    if not reports:
+        raise ValueError("plot_reports needs at least one report")
+    heights = [4.2 + 0.25 * max(len(r.get("cells", [])), 1) for r in reports]
+    fig = Figure(figsize=(14, sum(heights)), layout="constrained")
+    FigureCanvasAgg(fig)
+    rows = fig.subfigures(len(reports), 1, height_ratios=heights) if len(reports) > 1 else [fig]
+    for subfig, report in zip(rows, reports):
+        _draw(subfig, report)
+
+    # Render fully before opening the output, so a drawing error leaves nothing.
+    fig.canvas.draw()
+    path = Path(path)
+    with atomic_output(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    return path
+
+
+def _draw(fig: Any, report: Mapping[str, Any]) -> None:
+    """One report's three panels on a figure or subfigure."""
     cfg = report.get("config", {})
     cells = list(report.get("cells", []))
-    n_models = max(len(cells), 1)
     colors = [f"C{i % 10}" for i in range(len(cells))]
     labels = [_label(c) for c in cells]
 
-    fig = Figure(figsize=(14, 4.2 + 0.25 * n_models), layout="constrained")
-    FigureCanvasAgg(fig)
     curve_ax, m1_ax, m3_ax = fig.subplots(1, 3, width_ratios=[1.6, 1, 1])
     fig.suptitle(
         f"{cfg.get('env')}: learned model vs oracle on N={cfg.get('n_states')} states, "
@@ -94,10 +115,3 @@ def plot_report(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
         ax.set_yticks(rows, [Path(str(c.get("model"))).name for c in cells], fontsize=8)
         ax.grid(axis="x", alpha=0.3)
     m3_ax.tick_params(labelleft=False)  # same rows as M1, named there
-
-    # Render fully before opening the output, so a drawing error leaves nothing.
-    fig.canvas.draw()
-    path = Path(path)
-    with atomic_output(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    return path

@@ -1,0 +1,47 @@
+"""``wmel-jax demo`` on the shipped example models (at the suite's small evaluation shape)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from conftest import EVAL_CHUNK, EVAL_K, EVAL_N
+from wmel_jax import cli
+from wmel_jax.demo import EXAMPLES_DIR, example_models, run_demo
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TASKS = ("cartpole-swingup", "reacher-easy", "acrobot-swingup")
+
+
+def test_demo_writes_a_report_per_task_and_one_figure(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = cli.main(["demo", "--out", str(out), "--n-states", str(EVAL_N), "--k-steps", str(EVAL_K),
+                     "--chunk-states", str(EVAL_CHUNK), "--no-cache"])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"report-{t}.json" for t in TASKS), "demo.png"])
+    assert (out / "demo.png").read_bytes()[:8] == PNG_SIGNATURE
+    for task in TASKS:
+        report = json.loads((out / f"report-{task}.json").read_text())
+        cells = {c["model"]: c for c in report["cells"]}
+        assert set(cells) == {f"{task}-weak", f"{task}-good"} and report["skipped"] == []
+        # The shipped models are what they say: the good one predicts better.
+        assert cells[f"{task}-good"]["m1_l2_onestep"] < cells[f"{task}-weak"]["m1_l2_onestep"], task
+        assert f"{task}-good" in stdout
+
+
+def test_a_stale_conversion_is_redone_from_the_pt(tmp_path):
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    entries = [e for e in example_models() if e["task"] == "cartpole-swingup"]
+    for e in entries:
+        shutil.copy(EXAMPLES_DIR / e["pt"], examples / e["pt"])
+        shutil.copy(EXAMPLES_DIR / e["converted"], examples / e["converted"])
+    (examples / "manifest.json").write_text(json.dumps({"models": entries}))
+    # Another model's conversion under this model's name: its recorded sha256 is not the .pt's.
+    shutil.copy(EXAMPLES_DIR / "acrobot-swingup-good.safetensors", examples / entries[0]["converted"])
+    said = []
+    reports, written = run_demo(tmp_path / "out", n_states=EVAL_N, k_steps=EVAL_K, chunk_states=EVAL_CHUNK,
+                                examples_dir=examples, say=said.append)
+    assert any(f"converting {entries[0]['pt']}" in s for s in said)
+    assert [c["model"] for c in reports[0]["cells"]] == [e["converted"].removesuffix(".safetensors") for e in entries]

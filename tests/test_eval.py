@@ -1,0 +1,268 @@
+"""``wmel-jax eval`` end to end: the CLI, the report, chunking, reuse, and what bad input gets.
+
+Parity of the numbers with the per-sample reference path is in
+``tests/test_eval_parity.py``; this file pins the pipeline's behaviour. All
+runs share the suite's one evaluation shape (conftest.EVAL_*: the last chunk
+padded), so the kernels compile once for the session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wmel_jax import cli, evaluate
+from wmel_jax.errors import WmelError
+from wmel_jax.pipeline import EvalOptions, run_eval
+
+from conftest import EVAL_CHUNK as CHUNK
+from conftest import EVAL_K as K
+from conftest import EVAL_N as N
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def cartpole_models(checkpoints) -> list[str]:
+    """Two random size-1 adapter models with cartpole's widths (task inferred at conversion)."""
+    return [str(checkpoints.adapter(1, obs_dim=5, action_dim=1, seed=s).converted) for s in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def upstream_model(checkpoints) -> str:
+    """An upstream-schema model (no observation decoder) with cartpole's widths."""
+    return str(checkpoints.upstream(1, obs_dim=5, action_dim=1).converted)
+
+
+@pytest.fixture(scope="module")
+def reacher_model(checkpoints) -> str:
+    return str(checkpoints.adapter(1, obs_dim=6, action_dim=2, seed=0).converted)
+
+
+def _eval(*argv, capsys) -> tuple[int, str, str]:
+    code = cli.main(["eval", *map(str, argv), "--no-cache"])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _small(*extra) -> list[str]:
+    return ["--n-states", str(N), "--k-steps", str(K), "--chunk-states", str(CHUNK), *map(str, extra)]
+
+
+def _assert_user_error(capsys, folder: Path, *argv, match: str) -> str:
+    before = set(os.listdir(folder))
+    code, out, err = _eval(*argv, capsys=capsys)
+    assert code == 2, (out, err)
+    assert err.startswith("wmel-jax: error: ") and err.count("\n") == 1, err
+    assert match.lower() in err.lower(), err
+    assert set(os.listdir(folder)) == before, "a failed eval left a file behind"
+    return err
+
+
+def _cpg(path: Path, gap, environment="dmc_cartpole_swingup") -> Path:
+    doc = {"environment": environment, "seed": 0, "cpg": {"verdict": "INCONCLUSIVE"},
+           "training": {"tdmpc2_model_size": 1}}
+    if gap is not None:
+        doc["cpg"]["gap"] = gap
+    path.write_text(json.dumps(doc))
+    return path
+
+
+# --------------------------------------------------------------------------- #
+# The main path
+# --------------------------------------------------------------------------- #
+
+
+def test_eval_writes_table_report_figure_and_states(tmp_path, capsys, cartpole_models):
+    report, png, states = tmp_path / "report.json", tmp_path / "fig.png", tmp_path / "states.npy"
+    downstream = [_cpg(tmp_path / f"cpg{i}.json", gap) for i, gap in enumerate((0.3, 0.8))]
+    code, out, err = _eval(*cartpole_models, *_small("-o", report, "--figure", png, "--save-states", states,
+                                                     "--downstream", *downstream), capsys=capsys)
+    assert code == 0, err
+    doc = json.loads(report.read_text())
+    assert doc["config"]["env"] == "cartpole-swingup"
+    assert doc["config"]["n_states"] == N and doc["config"]["k_steps"] == K
+    assert len(doc["config"]["action_set"]) == 5 and len(doc["config"]["action_sequence"]) == K
+    assert [c["model"] for c in doc["cells"]] == cartpole_models
+    for cell, gap in zip(doc["cells"], (0.3, 0.8)):
+        assert len(cell["m2_curve"]) == K and cell["m2_l2_kstep"] == cell["m2_curve"][-1]
+        assert cell["m1_l2_onestep"] > 0 and cell["gap"] == gap
+        assert cell["m3_action_agreement"] is None or -1 <= cell["m3_action_agreement"] <= 1
+    assert doc["skipped"] == []
+    assert doc["timings"]["compile_s"] >= 0 and doc["timings"]["run_s"] > 0
+    for name in cartpole_models:
+        assert name in out
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    assert np.load(states, allow_pickle=False).shape == (N, 5)
+
+
+def test_saved_states_rerun_exactly(tmp_path, cartpole_models):
+    saved = tmp_path / "states.npy"
+    first = run_eval(EvalOptions(cartpole_models[:1], n_states=N, k_steps=K, chunk_states=CHUNK,
+                                 save_states=str(saved)))
+    again = run_eval(EvalOptions(cartpole_models[:1], k_steps=K, chunk_states=CHUNK, states=str(saved)))
+    assert again["cells"][0]["m1_l2_onestep"] == first["cells"][0]["m1_l2_onestep"]
+    assert again["cells"][0]["m2_curve"] == first["cells"][0]["m2_curve"]
+    assert again["cells"][0]["m3_action_agreement"] == first["cells"][0]["m3_action_agreement"]
+
+
+def test_padded_oracle_chunks_give_the_same_targets(cartpole_models):
+    """The last chunk is padded: its answers equal those of the same states in a full chunk."""
+    problem = evaluate.make_problem("cartpole-swingup", n_states=N, k_steps=K)
+    padded = evaluate.oracle_targets(problem, CHUNK)  # N states: the last chunk padded
+    more = np.concatenate([problem.states, problem.states[: 2 * CHUNK - N][::-1]])
+    full = evaluate.oracle_targets(dataclasses.replace(problem, states=more), CHUNK)  # two full chunks
+    np.testing.assert_array_equal(padded.next_obs, full.next_obs[:N])
+    np.testing.assert_array_equal(padded.scores, full.scores[:N])
+    np.testing.assert_array_equal(padded.trajectory, full.trajectory[:, :N])
+
+
+#: The model runs in float32, and XLA's CPU matmuls round differently for
+#: different batch sizes (measured: predictions differ by up to 8e-8 between a
+#: batch of 60 rows and its first 25), so metrics from different chunk sizes
+#: agree to float32 rounding, not bit for bit.
+CHUNK_RTOL = 1e-6
+
+
+@pytest.mark.parametrize("chunk", [5, N])
+def test_model_chunking_does_not_change_the_metrics(cartpole_models, chunk):
+    import wmel_jax
+
+    model = wmel_jax.load(cartpole_models[0])
+    problem = evaluate.make_problem("cartpole-swingup", model.action_set, n_states=N, k_steps=K)
+    targets = evaluate.oracle_targets(problem, CHUNK)
+    reference = evaluate.model_metrics(model, problem, targets, CHUNK)[0]
+    chunked = evaluate.model_metrics(model, problem, targets, chunk)[0]
+    for key in ("m1_l2_onestep", "m2_curve", "m3_action_agreement"):
+        np.testing.assert_allclose(chunked[key], reference[key], rtol=CHUNK_RTOL, err_msg=key)
+    assert chunked["m3_states_used"] == reference["m3_states_used"]
+
+
+def test_oracle_runs_once_for_many_models(monkeypatch, cartpole_models):
+    from wmel_jax import pipeline
+
+    calls = []
+    real = pipeline.oracle_targets
+    monkeypatch.setattr(pipeline, "oracle_targets", lambda *a, **k: calls.append(1) or real(*a, **k))
+    report = run_eval(EvalOptions(cartpole_models * 2, n_states=N, k_steps=K, chunk_states=CHUNK))
+    assert len(report["cells"]) == 4 and len(calls) == 1
+
+
+def test_model_kernel_compiles_once_per_architecture(cartpole_models):
+    import wmel_jax
+
+    models = [wmel_jax.load(p) for p in cartpole_models]
+    problem = evaluate.make_problem("cartpole-swingup", models[0].action_set, n_states=N, k_steps=K, seed=3)
+    targets = evaluate.oracle_targets(problem, CHUNK)
+    compiled = []
+    for model in models:
+        compiled.append(evaluate.model_metrics(model, problem, targets, CHUNK)[1]["model_compile_s"])
+    assert compiled[1] == 0.0, "the second checkpoint of one architecture recompiled"
+
+
+def test_one_bad_model_among_several_is_skipped(tmp_path, capsys, cartpole_models, reacher_model, upstream_model):
+    report = tmp_path / "r.json"
+    code, out, err = _eval(cartpole_models[0], reacher_model, upstream_model, tmp_path / "missing.safetensors",
+                           *_small("-o", report), capsys=capsys)
+    assert code == 0, err
+    doc = json.loads(report.read_text())
+    assert [c["model"] for c in doc["cells"]] == [cartpole_models[0]]
+    reasons = {s["model"]: s["reason"] for s in doc["skipped"]}
+    assert "reacher-easy" in reasons[reacher_model]
+    assert "no observation decoder" in reasons[upstream_model]
+    assert "does not exist" in reasons[str(tmp_path / "missing.safetensors")]
+
+
+# --------------------------------------------------------------------------- #
+# Bad input: one line, exit 2, no partial output
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("array,match", [
+    (np.zeros((4, 6)), "obs_dim=5"),
+    (np.zeros(5), "2-D"),
+    (np.array([[0, 1, 0, 0, 0], [0, 1, 0, np.nan, 0.0]]), "row 1"),
+    (np.array([[0, 1, 0, 0, 0], [np.inf, 1, 0, 0, 0.0]]), "row 1"),
+], ids=["wrong-width", "1-d", "nan", "inf"])
+def test_bad_states_file(tmp_path, capsys, cartpole_models, array, match):
+    np.save(tmp_path / "s.npy", array)
+    _assert_user_error(capsys, tmp_path, cartpole_models[0], "--states", tmp_path / "s.npy", *_small("-o", tmp_path / "r.json"),
+                       match=match)
+
+
+def test_states_file_with_a_pickle_is_refused_not_run(tmp_path, capsys, cartpole_models):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    np.save(tmp_path / "s.npy", np.array([Payload()], dtype=object), allow_pickle=True)
+    before = set(os.listdir(tmp_path))
+    code, _, err = _eval(cartpole_models[0], "--states", tmp_path / "s.npy", *_small(), capsys=capsys)
+    assert code == 2 and "not a plain numeric .npy" in err, err
+    assert not marker.exists() and set(os.listdir(tmp_path)) == before
+
+
+def test_action_sequence_of_the_wrong_width(tmp_path, capsys, cartpole_models):
+    np.save(tmp_path / "seq.npy", np.zeros((K, 2)))
+    _assert_user_error(capsys, tmp_path, cartpole_models[0], "--action-sequence", tmp_path / "seq.npy", *_small(),
+                       match="action_dim=1")
+
+
+def test_action_sequence_outside_the_actuator_range(tmp_path, capsys, cartpole_models):
+    np.save(tmp_path / "seq.npy", np.full((K, 1), 3.0))
+    _assert_user_error(capsys, tmp_path, cartpole_models[0], "--action-sequence", tmp_path / "seq.npy", *_small(),
+                       match="outside the actuator range")
+
+
+def test_model_whose_widths_do_not_fit_the_task(tmp_path, capsys, reacher_model):
+    _assert_user_error(capsys, tmp_path, reacher_model, "--env", "cartpole-swingup", *_small(), match="converted for reacher-easy")
+
+
+def test_model_without_decoder_says_what_it_supports(tmp_path, capsys, upstream_model):
+    err = _assert_user_error(capsys, tmp_path, upstream_model, *_small(), match="no observation decoder")
+    assert "reward" in err  # the heads it does have
+
+
+def test_downstream_without_a_gap(tmp_path, capsys, cartpole_models):
+    _assert_user_error(capsys, tmp_path, cartpole_models[0], "--downstream", _cpg(tmp_path / "d.json", None), *_small(),
+                       match="no cpg.gap")
+
+
+def test_downstream_count_must_match_the_models(tmp_path, capsys, cartpole_models):
+    _assert_user_error(capsys, tmp_path, *cartpole_models, "--downstream", _cpg(tmp_path / "d.json", 0.1), *_small(),
+                       match="one file per model")
+
+
+def test_downstream_for_another_task(tmp_path, capsys, cartpole_models):
+    _assert_user_error(capsys, tmp_path, cartpole_models[0],
+                       "--downstream", _cpg(tmp_path / "d.json", 0.1, "dmc_reacher_easy"), *_small(),
+                       match="is for environment")
+
+
+@pytest.mark.parametrize("flag", ["-o", "--figure", "--save-states"])
+def test_unwritable_output_path(tmp_path, capsys, cartpole_models, flag):
+    _assert_user_error(capsys, tmp_path, cartpole_models[0], flag, tmp_path / "no" / "such" / "dir" / "x", *_small(),
+                       match="does not exist")
+
+
+def test_unknown_task(tmp_path, capsys, cartpole_models):
+    err = _assert_user_error(capsys, tmp_path, cartpole_models[0], "--env", "cheetah-run", *_small(), match="unknown task")
+    assert "cartpole-swingup" in err
+
+
+def test_all_models_bad_is_an_error(tmp_path, capsys, upstream_model):
+    _assert_user_error(capsys, tmp_path, upstream_model, upstream_model, "-o", tmp_path / "r.json", *_small(),
+                       match="no model could be evaluated")
+
+
+def test_non_positive_sizes_are_errors():
+    with pytest.raises(WmelError, match="n_states"):
+        evaluate.make_problem("cartpole-swingup", n_states=0)
+    with pytest.raises(WmelError, match="k_steps"):
+        evaluate.make_problem("cartpole-swingup", n_states=3, k_steps=0)

@@ -1,0 +1,123 @@
+"""``wmel-jax demo``: evaluate the shipped example models, print the tables, draw the figure.
+
+The examples (``wmel_jax/examples/``, listed in its ``manifest.json``) are six
+small TD-MPC2-architecture models, a good and a weak one per task. They ship
+as torch checkpoints and as their conversions; the demo uses a conversion when
+its header records the sha256 of the shipped ``.pt`` (so it is the conversion
+of exactly that file), and otherwise converts the ``.pt`` itself, which needs
+torch.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from wmel_jax.errors import WmelError
+
+__all__ = ["EXAMPLES_DIR", "example_models", "run_demo"]
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+
+
+def example_models(examples_dir: Path = EXAMPLES_DIR) -> list[dict[str, Any]]:
+    """The manifest's model entries (task, quality, pt, converted, sha256, reference metrics...)."""
+    manifest = examples_dir / "manifest.json"
+    try:
+        return list(json.loads(manifest.read_text())["models"])
+    except (OSError, ValueError, KeyError) as e:
+        raise WmelError(f"the example manifest {str(manifest)!r} is missing or unreadable ({e})") from None
+
+
+def _usable_conversion(entry: dict[str, Any], examples_dir: Path) -> Path | None:
+    """The shipped conversion, if it is the conversion of the shipped .pt."""
+    from wmel_jax.model.fileformat import read_model_file
+
+    converted = examples_dir / entry["converted"]
+    if not converted.is_file():
+        return None
+    try:
+        header, _, _ = read_model_file(converted)
+    except WmelError:
+        return None
+    return converted if header.get("source", {}).get("sha256") == entry["sha256"] else None
+
+
+def _resolve(entry: dict[str, Any], examples_dir: Path, workdir: Path, say: Callable[[str], None]) -> Path:
+    converted = _usable_conversion(entry, examples_dir)
+    if converted is not None:
+        return converted
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise WmelError(
+            f"the shipped conversion of {entry['pt']} is missing or stale and torch is not installed to "
+            "convert it: pip install 'wmel-jax[convert]'"
+        )
+    from converters.convert import convert_checkpoint
+
+    say(f"converting {entry['pt']} (its shipped conversion is missing or stale)")
+    return convert_checkpoint(examples_dir / entry["pt"], workdir / entry["converted"])
+
+
+def run_demo(
+    out_dir: str | Path = "wmel-demo",
+    *,
+    n_states: int = 150,
+    k_steps: int = 10,
+    seed: int = 0,
+    precision: str | None = None,
+    chunk_states: int = 4096,
+    examples_dir: Path = EXAMPLES_DIR,
+    say: Callable[[str], None] = print,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> tuple[list[dict[str, Any]], list[Path]]:
+    """Evaluate every example model, one report per task; (reports, files written).
+
+    Writes ``report-<task>.json`` per task and one figure, ``demo.png``, with a
+    row of panels per task, into ``out_dir`` (created if needed).
+    """
+    from wmel_jax.figure import plot_reports
+    from wmel_jax.pipeline import EvalOptions, run_eval
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise WmelError(f"demo output {str(out)!r} exists and is not a directory")
+    entries = example_models(examples_dir)
+    tasks = list(dict.fromkeys(e["task"] for e in entries))
+    reports: list[dict[str, Any]] = []
+    written: list[Path] = []
+    with tempfile.TemporaryDirectory(prefix="wmel-demo-") as tmp:
+        paths = {e["converted"]: _resolve(e, examples_dir, Path(tmp), say) for e in entries}
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WmelError(f"cannot create the demo output directory {str(out)!r}: {e.strerror or e}") from None
+        for task in tasks:
+            chosen = [e for e in entries if e["task"] == task]
+            report_path = out / f"report-{task}.json"
+            say(f"\n== {task}: {', '.join(e['quality'] for e in chosen)} ==")
+            report = run_eval(
+                EvalOptions(
+                    models=[str(paths[e["converted"]]) for e in chosen],
+                    labels=[Path(e["converted"]).stem for e in chosen],
+                    env=task,
+                    n_states=n_states,
+                    k_steps=k_steps,
+                    seed=seed,
+                    precision=precision,
+                    chunk_states=chunk_states,
+                    output=str(report_path),
+                ),
+                progress=progress,
+            )
+            reports.append(report)
+            written.append(report_path)
+            from wmel_jax.report import format_table
+
+            say(format_table(report).rstrip("\n"))
+    figure = plot_reports(reports, out / "demo.png")
+    written.append(figure)
+    return reports, written

@@ -1,0 +1,383 @@
+"""The main job: M1, M2 and M3 of world models against the oracle, over a whole state batch.
+
+Pipeline (SPEC.md sections 5-6)::
+
+    Problem  = task, frame_skip, precision, states (N, obs_dim),
+               action set (A, action_dim), M2 action sequence (k, action_dim)
+    targets  = the oracle's answers for the Problem, computed ONCE:
+               next_obs (N, A, obs_dim), scores (N, A), trajectory (k, N, obs_dim)
+    cell     = one model's metrics against those targets
+
+The oracle's outputs depend only on the Problem, so every checkpoint of a run
+reuses them. Both the oracle and the model kernels run over fixed-size chunks
+of states (the last chunk padded and masked), so memory is bounded for any N,
+time grows linearly with N, and each kernel compiles once per shape. The model
+kernel is cached per architecture: evaluating many checkpoints of one
+architecture compiles once. One-step predictions are shared by M1 and M3, and
+the encoder runs once per state, not once per action.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wmel_jax import metrics as M
+from wmel_jax.errors import WmelError
+
+__all__ = [
+    "DEFAULT_N_STATES",
+    "DEFAULT_K_STEPS",
+    "DEFAULT_CHUNK_STATES",
+    "Problem",
+    "OracleTargets",
+    "make_problem",
+    "draw_action_sequence",
+    "oracle_targets",
+    "model_metrics",
+    "check_model_fits",
+]
+
+DEFAULT_N_STATES = 150
+DEFAULT_K_STEPS = 10
+#: States per kernel call. Bounds memory (the oracle's MJX data is the largest
+#: per-state cost: A one-step copies and one k-step rollout per state) while
+#: keeping calls few enough that dispatch overhead does not matter.
+DEFAULT_CHUNK_STATES = 4096
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Problem:
+    """Everything the oracle's answers depend on (and nothing model-specific).
+
+    states: (N, obs_dim) float64; actions: (A, action_dim) the action set of
+    M1 and M3; action_sequence: (k, action_dim) the open-loop actions of M2.
+    """
+
+    task: str
+    frame_skip: int
+    precision: str
+    states: np.ndarray
+    actions: np.ndarray
+    action_sequence: np.ndarray
+    seed: int | None = None
+
+    @property
+    def n_states(self) -> int:
+        return int(self.states.shape[0])
+
+    @property
+    def k_steps(self) -> int:
+        return int(self.action_sequence.shape[0])
+
+    def oracle(self):
+        from wmel_jax.oracle import make_oracle
+
+        return make_oracle(self.task, frame_skip=self.frame_skip, precision=self.precision)
+
+    def cache_key(self) -> tuple:
+        """Equal keys, equal oracle answers."""
+        return (
+            self.task,
+            self.frame_skip,
+            self.precision,
+            self.states.tobytes(),
+            self.states.shape,
+            self.actions.tobytes(),
+            self.actions.shape,
+            self.action_sequence.tobytes(),
+            self.action_sequence.shape,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class OracleTargets:
+    """The oracle's answers for a Problem (numpy, the oracle's precision).
+
+    next_obs: (N, A, obs_dim) O(s, a) for every state and action;
+    scores: (N, A) the task score of each of those successors;
+    trajectory: (k, N, obs_dim) the open-loop rollout of the action sequence;
+    timings: seconds spent compiling and running.
+    """
+
+    next_obs: np.ndarray
+    scores: np.ndarray
+    trajectory: np.ndarray
+    timings: Mapping[str, float]
+
+
+def draw_action_sequence(key: jax.Array, actions: np.ndarray, k_steps: int) -> np.ndarray:
+    """M2's open-loop actions: k_steps draws, uniform with replacement from the action set.
+
+    actions: (A, action_dim) -> (k_steps, action_dim), numpy.
+    """
+    if k_steps < 1:
+        raise WmelError(f"k_steps must be a positive int; got {k_steps}")
+    idx = np.asarray(jax.random.randint(key, (k_steps,), 0, actions.shape[0]))
+    return np.asarray(actions)[idx]
+
+
+def make_problem(
+    task: str,
+    actions: Any = None,
+    *,
+    n_states: int = DEFAULT_N_STATES,
+    k_steps: int = DEFAULT_K_STEPS,
+    seed: int = 0,
+    frame_skip: int = 1,
+    precision: str | None = None,
+    states: Any = None,
+    action_sequence: Any = None,
+) -> Problem:
+    """The seeded evaluation problem of a task (SPEC.md section 5).
+
+    ``states`` (N, obs_dim) replaces the sampled batch; ``action_sequence``
+    (k, action_dim) replaces the drawn one; ``actions`` (A, action_dim) defaults
+    to the task's default action set. Everything is validated here, at the
+    boundary: widths, finiteness (the first bad row is named), actuator range.
+    """
+    from wmel_jax.oracle import DEFAULT_PRECISION, make_oracle
+
+    if states is None and (isinstance(n_states, bool) or not isinstance(n_states, int) or n_states < 1):
+        raise WmelError(f"n_states must be a positive int; got {n_states!r}")
+    if action_sequence is None and (isinstance(k_steps, bool) or not isinstance(k_steps, int) or k_steps < 1):
+        raise WmelError(f"k_steps must be a positive int; got {k_steps!r}")
+    precision = DEFAULT_PRECISION if precision is None else precision
+    oracle = make_oracle(task, frame_skip=frame_skip, precision=precision)
+    action_set = oracle.validate_actions(oracle.actions if actions is None else actions, "action set row")
+    if action_set.shape[0] < 1:
+        raise WmelError("the action set is empty")
+    key_states, key_sequence = jax.random.split(jax.random.key(seed))
+    if states is None:
+        from wmel_jax.states import sample_states
+
+        states = np.asarray(
+            sample_states(key_states, task, n_states, actions=action_set, frame_skip=frame_skip, precision=precision),
+            dtype=np.float64,
+        )
+    else:
+        states = oracle.validate_states(states, "state")
+    if action_sequence is None:
+        action_sequence = draw_action_sequence(key_sequence, action_set, k_steps)
+    else:
+        action_sequence = oracle.validate_actions(action_sequence, "action sequence row")
+    for arr in (states, action_set, action_sequence):
+        arr.setflags(write=False)
+    return Problem(task, oracle.frame_skip, oracle.precision, states, action_set, action_sequence, seed)
+
+
+# --------------------------------------------------------------------------- #
+# chunking
+# --------------------------------------------------------------------------- #
+
+
+def _chunk_size(n: int, chunk_states: int) -> int:
+    if chunk_states < 1:
+        raise WmelError(f"chunk size must be a positive int; got {chunk_states}")
+    return min(n, chunk_states)
+
+
+def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
+def _padded(x: np.ndarray, start: int, stop: int, size: int) -> np.ndarray:
+    """x[start:stop] padded to ``size`` rows by repeating its last row (masked out later)."""
+    part = x[start:stop]
+    if part.shape[0] == size:
+        return part
+    return np.concatenate([part, np.repeat(part[-1:], size - part.shape[0], axis=0)], axis=0)
+
+
+# --------------------------------------------------------------------------- #
+# the oracle's side, once per Problem
+# --------------------------------------------------------------------------- #
+
+
+@functools.lru_cache(maxsize=None)
+def _oracle_kernel(oracle: Any) -> Callable:
+    """The oracle's answers for one chunk of states: one program per oracle configuration."""
+
+    def kernel(states, actions, sequence):
+        next_obs = oracle.step_all(states, actions)  # (C, A, obs_dim)
+        scores = oracle.score(next_obs.reshape(-1, next_obs.shape[-1])).reshape(next_obs.shape[:2])
+        return next_obs, scores, oracle.rollout(states, sequence)
+
+    return kernel
+
+
+def oracle_targets(problem: Problem, chunk_states: int = DEFAULT_CHUNK_STATES) -> OracleTargets:
+    """The oracle's next observations, their scores and the k-step trajectory, chunked.
+
+    Returns numpy arrays in the oracle's precision: next_obs (N, A, obs_dim),
+    scores (N, A), trajectory (k, N, obs_dim).
+    """
+    from wmel_jax.oracle.base import compiler_options, precision_scope
+
+    oracle = problem.oracle()
+    n, obs_dim = problem.states.shape
+    size = _chunk_size(n, chunk_states)
+    dtype = oracle.dtype
+    next_obs = np.empty((n, problem.actions.shape[0], obs_dim), dtype)
+    scores = np.empty((n, problem.actions.shape[0]), dtype)
+    trajectory = np.empty((problem.k_steps, n, obs_dim), dtype)
+    run_s = 0.0
+    with precision_scope(problem.precision):
+        actions = jnp.asarray(problem.actions, dtype)
+        sequence = jnp.asarray(problem.action_sequence, dtype)
+        compiled, compile_s = _compiled(
+            _oracle_kernel(oracle),
+            (jax.ShapeDtypeStruct((size, obs_dim), dtype), actions, sequence),
+            compiler_options(),  # the oracle's own codegen options: its kernels are inlined here
+        )
+        for start, stop in _chunks(n, size):
+            t0 = time.perf_counter()
+            out = compiled(jnp.asarray(_padded(problem.states, start, stop, size), dtype), actions, sequence)
+            out = jax.block_until_ready(out)
+            run_s += time.perf_counter() - t0
+            m = stop - start
+            next_obs[start:stop] = np.asarray(out[0])[:m]
+            scores[start:stop] = np.asarray(out[1])[:m]
+            trajectory[:, start:stop] = np.asarray(out[2])[:, :m]
+    for arr in (next_obs, scores, trajectory):
+        arr.setflags(write=False)
+    return OracleTargets(next_obs, scores, trajectory, {"oracle_compile_s": compile_s, "oracle_run_s": run_s})
+
+
+# --------------------------------------------------------------------------- #
+# the model's side, once per checkpoint
+# --------------------------------------------------------------------------- #
+
+
+def check_model_fits(model: Any, task: str) -> None:
+    """WmelError unless M1-M3 can judge the model on ``task``.
+
+    The observation and action widths must be the task's, and M1-M3 compare
+    observations, so the model needs an observation decoder.
+    """
+    from wmel_jax.oracle import task_class
+
+    spec = task_class(task)
+    arch = model.arch
+    if arch.obs_dim != spec.obs_dim or arch.action_dim != spec.action_dim:
+        raise WmelError(
+            f"model widths (obs_dim={arch.obs_dim}, action_dim={arch.action_dim}) do not fit "
+            f"{task} (obs_dim={spec.obs_dim}, action_dim={spec.action_dim})"
+        )
+    if not arch.has_decoder:
+        raise WmelError(
+            "the model has no observation decoder, which M1/M2/M3 need (it predicts latents only); "
+            f"it has: {', '.join(arch.heads())}"
+        )
+
+
+@functools.lru_cache(maxsize=None)
+def _model_kernel(arch: Any, score_fn: Callable) -> Callable:
+    """The model's M1/M2/M3 sums for one chunk of states, for one architecture.
+
+    Pure in (params, chunk arrays), so one compilation serves every checkpoint of
+    the architecture.
+    """
+    from wmel_jax.model import decode, encode, next_latent, predict
+
+    def kernel(params, states, valid, actions, sequence, true_next, true_scores, true_traj):
+        n, a = states.shape[0], actions.shape[0]
+        z = encode(arch, params, states)  # (C, latent): once per state
+        z_rep = jnp.repeat(z, a, axis=0)  # (C*A, latent), state-major
+        act_rep = jnp.tile(actions, (n, 1))  # (C*A, action_dim)
+        pred_next = decode(arch, params, next_latent(arch, params, z_rep, act_rep))
+        m1 = M.one_step_l2_sum(pred_next.reshape(n, a, -1), true_next, valid)
+        pred_scores = jax.vmap(score_fn)(pred_next.astype(true_scores.dtype)).reshape(n, a)
+        m3 = M.action_ranking_agreement(true_scores, pred_scores, valid)
+
+        def step(obs, action):
+            nxt = predict(arch, params, obs, jnp.broadcast_to(action, (n, action.shape[0])))
+            return nxt, nxt
+
+        _, traj = jax.lax.scan(step, states.astype(jnp.float32), sequence)  # (k, C, obs_dim)
+        m2 = M.kstep_l2_curve_sum(traj, true_traj, valid)
+        return m1, m2, m3
+
+    return kernel
+
+
+def model_metrics(
+    model: Any,
+    problem: Problem,
+    targets: OracleTargets,
+    chunk_states: int = DEFAULT_CHUNK_STATES,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """M1, M2 (with its curve) and M3 of one model on a problem; (metrics, timings).
+
+    metrics: m1_l2_onestep, m2_l2_kstep, m2_curve (k,), m3_action_agreement
+    (None when no state has a defined tau-b), m3_states_used. Unrounded.
+    """
+    check_model_fits(model, problem.task)
+    oracle = problem.oracle()
+    kernel = _model_kernel(model.arch, oracle.physics.task.score)
+    n = problem.n_states
+    size = _chunk_size(n, chunk_states)
+    f32 = jnp.float32
+    actions = jnp.asarray(problem.actions, f32)
+    sequence = jnp.asarray(problem.action_sequence, f32)
+    valid_full = np.ones(size, bool)
+
+    def chunk_args(start: int, stop: int) -> tuple:
+        valid = valid_full.copy()
+        valid[stop - start :] = False
+        return (
+            model.params,
+            jnp.asarray(_padded(problem.states, start, stop, size)),
+            jnp.asarray(valid),
+            actions,
+            sequence,
+            jnp.asarray(_padded(targets.next_obs, start, stop, size)),
+            jnp.asarray(_padded(targets.scores, start, stop, size)),
+            jnp.asarray(np.swapaxes(_padded(np.swapaxes(targets.trajectory, 0, 1), start, stop, size), 0, 1)),
+        )
+
+    compiled, compile_s = _compiled(kernel, chunk_args(0, min(size, n)))
+    parts: list[tuple] = []
+    run_s = 0.0
+    for start, stop in _chunks(n, size):
+        args = chunk_args(start, stop)
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(compiled(*args))
+        run_s += time.perf_counter() - t0
+        parts.append(out)
+    m1, _ = M.mean_or_none(M.combine_sums(*(p[0] for p in parts)))
+    curve, _ = M.mean_or_none(M.combine_sums(*(p[1] for p in parts)))
+    m3, m3_used = M.mean_or_none(M.combine_sums(*(p[2] for p in parts)))
+    result = {
+        "m1_l2_onestep": m1,
+        "m2_l2_kstep": curve[-1],
+        "m2_curve": curve,
+        "m3_action_agreement": m3,
+        "m3_states_used": m3_used,
+    }
+    return result, {"model_compile_s": compile_s, "model_run_s": run_s}
+
+
+# Compiled kernels by (kernel, argument shapes and dtypes): each compiles once
+# per process, so a sweep of checkpoints of one architecture, or a second run
+# on a problem of the same shape, reports a compile time of 0.
+_COMPILED: dict[tuple, Any] = {}
+
+
+def _compiled(kernel: Callable, args: tuple, compiler_options: Mapping[str, Any] | None = None) -> tuple[Any, float]:
+    """``kernel`` AOT-compiled for the shapes and dtypes of ``args``; (compiled, seconds spent now)."""
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    key = (kernel, treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves))
+    if key in _COMPILED:
+        return _COMPILED[key], 0.0
+    t0 = time.perf_counter()
+    compiled = jax.jit(kernel, compiler_options=dict(compiler_options or {})).lower(*args).compile()
+    _COMPILED[key] = compiled
+    return compiled, time.perf_counter() - t0
