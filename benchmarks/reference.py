@@ -49,7 +49,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -190,13 +190,15 @@ def reference_m3(
     states: Sequence[Any], actions: Sequence[Any], oracle_step: Step, model_step: Step, score: Score
 ) -> tuple[float | None, int]:
     """M3: (mean tau-b over states where it is defined, number of those states); None if none."""
-    taus = []
-    for s in states:
-        oracle_scores = [float(score(oracle_step(s, a))) for a in actions]
-        model_scores = [float(score(model_step(s, a))) for a in actions]
-        tau = kendall_tau_b(oracle_scores, model_scores)
-        if tau is not None:
-            taus.append(tau)
+    return _mean_defined_tau(
+        ([float(score(oracle_step(s, a))) for a in actions], [float(score(model_step(s, a))) for a in actions])
+        for s in states
+    )
+
+
+def _mean_defined_tau(pairs: Iterable[tuple[list[float], list[float]]]) -> tuple[float | None, int]:
+    """(mean of tau-b over the pairs where it is defined, how many); (None, 0) when none is (SPEC 6)."""
+    taus = [tau for tau in (kendall_tau_b(x, y) for x, y in pairs) if tau is not None]
     if not taus:
         return None, 0
     return sum(taus) / len(taus), len(taus)
@@ -767,16 +769,10 @@ def reference_reward_rank(
     model's ``reward(encode(s), a)`` over the action set; states where tau-b
     is undefined are skipped (M3's rule); None when none remain.
     """
-    taus = []
-    for s in states:
-        true = [float(oracle_step_reward(s, a)[1]) for a in actions]
-        predicted = [float(reward(encode(s), a)) for a in actions]
-        tau = kendall_tau_b(true, predicted)
-        if tau is not None:
-            taus.append(tau)
-    if not taus:
-        return None, 0
-    return sum(taus) / len(taus), len(taus)
+    return _mean_defined_tau(
+        ([float(oracle_step_reward(s, a)[1]) for a in actions], [float(reward(encode(s), a)) for a in actions])
+        for s in states
+    )
 
 
 def reference_latent_metrics(

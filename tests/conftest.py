@@ -30,6 +30,20 @@ jax.config.update("jax_enable_x64", True)
 EVAL_N, EVAL_K, EVAL_CHUNK = 150, 10, 128
 
 
+def eval_cli(*argv, capsys) -> tuple[int, str, str]:
+    """``wmel-jax eval ARGV --no-cache`` in process: (exit status, stdout, stderr)."""
+    from wmel_jax import cli
+
+    code = cli.main(["eval", *map(str, argv), "--no-cache"])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def small_eval_args(*extra) -> list[str]:
+    """The suite's shared eval shape as CLI flags (compiled kernels are reused across tests), plus ``extra``."""
+    return ["--n-states", str(EVAL_N), "--k-steps", str(EVAL_K), "--chunk-states", str(EVAL_CHUNK), *map(str, extra)]
+
+
 # --------------------------------------------------------------------------- #
 # Converted checkpoints, built once per session (torch mirror -> .pt -> wmel-jax file)
 # --------------------------------------------------------------------------- #

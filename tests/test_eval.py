@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wmel_jax import cli, evaluate
+from wmel_jax import evaluate
 from wmel_jax.errors import WmelError
 from wmel_jax.pipeline import EvalOptions, run_eval
 
 from conftest import EVAL_CHUNK as CHUNK
 from conftest import EVAL_K as K
 from conftest import EVAL_N as N
+from conftest import eval_cli, small_eval_args
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -43,19 +44,9 @@ def reacher_model(checkpoints) -> str:
     return str(checkpoints.adapter(1, obs_dim=6, action_dim=2, seed=0).converted)
 
 
-def _eval(*argv, capsys) -> tuple[int, str, str]:
-    code = cli.main(["eval", *map(str, argv), "--no-cache"])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def _small(*extra) -> list[str]:
-    return ["--n-states", str(N), "--k-steps", str(K), "--chunk-states", str(CHUNK), *map(str, extra)]
-
-
 def _assert_user_error(capsys, folder: Path, *argv, match: str) -> str:
     before = set(os.listdir(folder))
-    code, out, err = _eval(*argv, capsys=capsys)
+    code, out, err = eval_cli(*argv, capsys=capsys)
     assert code == 2, (out, err)
     assert err.startswith("wmel-jax: error: ") and err.count("\n") == 1, err
     assert match.lower() in err.lower(), err
@@ -80,7 +71,7 @@ def _cpg(path: Path, gap, environment="dmc_cartpole_swingup") -> Path:
 def test_eval_writes_table_report_figure_and_states(tmp_path, capsys, cartpole_models):
     report, png, states = tmp_path / "report.json", tmp_path / "fig.png", tmp_path / "states.npy"
     downstream = [_cpg(tmp_path / f"cpg{i}.json", gap) for i, gap in enumerate((0.3, 0.8))]
-    code, out, err = _eval(*cartpole_models, *_small("-o", report, "--figure", png, "--save-states", states,
+    code, out, err = eval_cli(*cartpole_models, *small_eval_args("-o", report, "--figure", png, "--save-states", states,
                                                      "--downstream", *downstream), capsys=capsys)
     assert code == 0, err
     doc = json.loads(report.read_text())
@@ -176,8 +167,8 @@ def test_model_kernel_compiles_once_per_architecture(cartpole_models):
 
 def test_one_bad_model_among_several_is_skipped(tmp_path, capsys, cartpole_models, reacher_model, upstream_model):
     report = tmp_path / "r.json"
-    code, out, err = _eval(cartpole_models[0], reacher_model, upstream_model, tmp_path / "missing.safetensors",
-                           *_small("-o", report), capsys=capsys)
+    code, out, err = eval_cli(cartpole_models[0], reacher_model, upstream_model, tmp_path / "missing.safetensors",
+                           *small_eval_args("-o", report), capsys=capsys)
     assert code == 0, err
     doc = json.loads(report.read_text())
     assert [c["model"] for c in doc["cells"]] == [cartpole_models[0]]
@@ -201,7 +192,7 @@ def test_one_bad_model_among_several_is_skipped(tmp_path, capsys, cartpole_model
 ], ids=["wrong-width", "1-d", "nan", "inf"])
 def test_bad_states_file(tmp_path, capsys, cartpole_models, array, match):
     np.save(tmp_path / "s.npy", array)
-    _assert_user_error(capsys, tmp_path, cartpole_models[0], "--states", tmp_path / "s.npy", *_small("-o", tmp_path / "r.json"),
+    _assert_user_error(capsys, tmp_path, cartpole_models[0], "--states", tmp_path / "s.npy", *small_eval_args("-o", tmp_path / "r.json"),
                        match=match)
 
 
@@ -214,25 +205,25 @@ def test_states_file_with_a_pickle_is_refused_not_run(tmp_path, capsys, cartpole
 
     np.save(tmp_path / "s.npy", np.array([Payload()], dtype=object), allow_pickle=True)
     before = set(os.listdir(tmp_path))
-    code, _, err = _eval(cartpole_models[0], "--states", tmp_path / "s.npy", *_small(), capsys=capsys)
+    code, _, err = eval_cli(cartpole_models[0], "--states", tmp_path / "s.npy", *small_eval_args(), capsys=capsys)
     assert code == 2 and "not a plain numeric .npy" in err, err
     assert not marker.exists() and set(os.listdir(tmp_path)) == before
 
 
 def test_action_sequence_of_the_wrong_width(tmp_path, capsys, cartpole_models):
     np.save(tmp_path / "seq.npy", np.zeros((K, 2)))
-    _assert_user_error(capsys, tmp_path, cartpole_models[0], "--action-sequence", tmp_path / "seq.npy", *_small(),
+    _assert_user_error(capsys, tmp_path, cartpole_models[0], "--action-sequence", tmp_path / "seq.npy", *small_eval_args(),
                        match="action_dim=1")
 
 
 def test_action_sequence_outside_the_actuator_range(tmp_path, capsys, cartpole_models):
     np.save(tmp_path / "seq.npy", np.full((K, 1), 3.0))
-    _assert_user_error(capsys, tmp_path, cartpole_models[0], "--action-sequence", tmp_path / "seq.npy", *_small(),
+    _assert_user_error(capsys, tmp_path, cartpole_models[0], "--action-sequence", tmp_path / "seq.npy", *small_eval_args(),
                        match="outside the actuator range")
 
 
 def test_model_whose_widths_do_not_fit_the_task(tmp_path, capsys, reacher_model):
-    err = _assert_user_error(capsys, tmp_path, reacher_model, "--env", "cartpole-swingup", *_small(),
+    err = _assert_user_error(capsys, tmp_path, reacher_model, "--env", "cartpole-swingup", *small_eval_args(),
                              match="do not fit cartpole-swingup")
     assert "converted for reacher-easy" in err
 
@@ -240,7 +231,7 @@ def test_model_whose_widths_do_not_fit_the_task(tmp_path, capsys, reacher_model)
 def test_model_without_decoder_is_evaluated_in_latent_space(tmp_path, capsys, upstream_model):
     """No observation decoder: the observation-space metrics are null with the reason, the others are there."""
     report = tmp_path / "r.json"
-    code, out, err = _eval(upstream_model, *_small("-o", report), capsys=capsys)
+    code, out, err = eval_cli(upstream_model, *small_eval_args("-o", report), capsys=capsys)
     assert code == 0, err
     doc = json.loads(report.read_text())
     assert doc["config"]["frame_skip"] == 2  # the converter's upstream default, honoured by the oracle
@@ -259,35 +250,35 @@ def test_model_without_decoder_is_evaluated_in_latent_space(tmp_path, capsys, up
 
 
 def test_downstream_without_a_gap(tmp_path, capsys, cartpole_models):
-    _assert_user_error(capsys, tmp_path, cartpole_models[0], "--downstream", _cpg(tmp_path / "d.json", None), *_small(),
+    _assert_user_error(capsys, tmp_path, cartpole_models[0], "--downstream", _cpg(tmp_path / "d.json", None), *small_eval_args(),
                        match="no cpg.gap")
 
 
 def test_downstream_count_must_match_the_models(tmp_path, capsys, cartpole_models):
-    _assert_user_error(capsys, tmp_path, *cartpole_models, "--downstream", _cpg(tmp_path / "d.json", 0.1), *_small(),
+    _assert_user_error(capsys, tmp_path, *cartpole_models, "--downstream", _cpg(tmp_path / "d.json", 0.1), *small_eval_args(),
                        match="one file per model")
 
 
 def test_downstream_for_another_task(tmp_path, capsys, cartpole_models):
     _assert_user_error(capsys, tmp_path, cartpole_models[0],
-                       "--downstream", _cpg(tmp_path / "d.json", 0.1, "dmc_reacher_easy"), *_small(),
+                       "--downstream", _cpg(tmp_path / "d.json", 0.1, "dmc_reacher_easy"), *small_eval_args(),
                        match="is for environment")
 
 
 @pytest.mark.parametrize("flag", ["-o", "--figure", "--save-states"])
 def test_unwritable_output_path(tmp_path, capsys, cartpole_models, flag):
-    _assert_user_error(capsys, tmp_path, cartpole_models[0], flag, tmp_path / "no" / "such" / "dir" / "x", *_small(),
+    _assert_user_error(capsys, tmp_path, cartpole_models[0], flag, tmp_path / "no" / "such" / "dir" / "x", *small_eval_args(),
                        match="does not exist")
 
 
 def test_unknown_task(tmp_path, capsys, cartpole_models):
-    err = _assert_user_error(capsys, tmp_path, cartpole_models[0], "--env", "cheetah-run", *_small(), match="unknown task")
+    err = _assert_user_error(capsys, tmp_path, cartpole_models[0], "--env", "cheetah-run", *small_eval_args(), match="unknown task")
     assert "cartpole-swingup" in err
 
 
 def test_all_models_bad_is_an_error(tmp_path, capsys, reacher_model):
     _assert_user_error(capsys, tmp_path, reacher_model, tmp_path / "missing.safetensors", "--env", "cartpole-swingup",
-                       "-o", tmp_path / "r.json", *_small(), match="no model could be evaluated")
+                       "-o", tmp_path / "r.json", *small_eval_args(), match="no model could be evaluated")
 
 
 def test_non_positive_sizes_are_errors():

@@ -35,11 +35,11 @@ from benchmarks.reference import (
     run_reference_latent,
     upstream_callables,
 )
-from conftest import EVAL_CHUNK, EVAL_K, EVAL_N
+from conftest import EVAL_CHUNK, EVAL_K, EVAL_N, eval_cli, small_eval_args
 from converters import tdmpc2_torch as T
 from converters.convert import convert_checkpoint
 from converters.tasks import KNOWN_TASK_DIMS, upstream_task_names
-from wmel_jax import cli, evaluate
+from wmel_jax import evaluate
 from wmel_jax.demo import EXAMPLES_DIR
 
 #: The latent L2 means compare float32 latents of the same float32 network
@@ -193,22 +193,12 @@ def test_adapter_models_get_the_latent_metrics_too(problems):
 # --------------------------------------------------------------------------- #
 
 
-def _eval(*argv, capsys) -> tuple[int, str, str]:
-    code = cli.main(["eval", *map(str, argv), "--no-cache"])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def _small(*extra) -> list[str]:
-    return ["--n-states", str(EVAL_N), "--k-steps", str(EVAL_K), "--chunk-states", str(EVAL_CHUNK), *map(str, extra)]
-
-
 @pytest.mark.parametrize("name", ["size1", "size5", "mt30"])
 def test_eval_end_to_end(tmp_path, capsys, upstream, problems, name):
     pt, converted, task, frame_skip = upstream(name)
     report = tmp_path / "report.json"
     env = ["--env", task] if name == "mt30" else []  # a multitask model needs its task named
-    code, out, err = _eval(converted, *env, *_small("-o", report), capsys=capsys)
+    code, out, err = eval_cli(converted, *env, *small_eval_args("-o", report), capsys=capsys)
     assert code == 0, err
     doc = json.loads(report.read_text())
     assert doc["config"]["env"] == task and doc["config"]["frame_skip"] == frame_skip
@@ -227,7 +217,7 @@ def test_eval_end_to_end(tmp_path, capsys, upstream, problems, name):
 def test_eval_size19_end_to_end(tmp_path, capsys, checkpoints):
     ckpt = checkpoints.upstream(19, obs_dim=5, action_dim=1, cache=False)
     report = tmp_path / "report.json"
-    code, _, err = _eval(ckpt.converted, *_small("-o", report), capsys=capsys)
+    code, _, err = eval_cli(ckpt.converted, *small_eval_args("-o", report), capsys=capsys)
     assert code == 0, err
     (cell,) = json.loads(report.read_text())["cells"]
     assert cell["m1_latent_onestep"] > 0 and cell["reward_rank_states_used"] > 0
@@ -240,7 +230,7 @@ def test_eval_size19_end_to_end(tmp_path, capsys, checkpoints):
 
 def _assert_user_error(capsys, folder: Path, *argv, match: str) -> str:
     before = set(os.listdir(folder))
-    code, out, err = _eval(*argv, capsys=capsys)
+    code, out, err = eval_cli(*argv, capsys=capsys)
     assert code == 2, (out, err)
     assert err.startswith("wmel-jax: error: ") and err.count("\n") == 1, err
     assert match.lower() in err.lower(), err
@@ -250,7 +240,7 @@ def _assert_user_error(capsys, folder: Path, *argv, match: str) -> str:
 
 def test_multitask_model_without_a_task_name(tmp_path, capsys, upstream):
     _, converted, _, _ = upstream("mt30")
-    err = _assert_user_error(capsys, tmp_path, converted, "-o", tmp_path / "r.json", *_small(),
+    err = _assert_user_error(capsys, tmp_path, converted, "-o", tmp_path / "r.json", *small_eval_args(),
                              match="multitask model (30 tasks) and no task was chosen: pass --env")
     assert "cartpole-swingup" in err  # what the oracle supports
 
@@ -258,7 +248,7 @@ def test_multitask_model_without_a_task_name(tmp_path, capsys, upstream):
 def test_task_the_oracle_does_not_support(tmp_path, capsys, upstream):
     _, converted, _, _ = upstream("mt30")
     err = _assert_user_error(capsys, tmp_path, converted, "--env", "walker-walk", "-o", tmp_path / "r.json",
-                             *_small(), match="unknown task 'walker-walk'")
+                             *small_eval_args(), match="unknown task 'walker-walk'")
     assert "supports acrobot-swingup, cartpole-swingup, reacher-easy" in err
 
 
@@ -272,14 +262,14 @@ def test_task_outside_the_models_task_list(tmp_path, capsys, upstream):
     header["task_names"] = [("cartpole-two-poles" if n == "cartpole-swingup" else n) for n in MT30]
     custom = tmp_path / "custom.safetensors"
     write_model_file(custom, params, header)
-    _assert_user_error(capsys, tmp_path, custom, "--env", "cartpole-swingup", *_small(),
+    _assert_user_error(capsys, tmp_path, custom, "--env", "cartpole-swingup", *small_eval_args(),
                        match="cartpole-swingup is not one of this multitask model's 30 tasks")
 
 
 @pytest.mark.parametrize("env", ["reacher-easy", "acrobot-swingup"])
 def test_upstream_checkpoint_with_a_task_of_the_wrong_widths(tmp_path, capsys, upstream, env):
     _, converted, _, _ = upstream("size1")  # cartpole's widths: obs 5, action 1
-    err = _assert_user_error(capsys, tmp_path, converted, "--env", env, "-o", tmp_path / "r.json", *_small(),
+    err = _assert_user_error(capsys, tmp_path, converted, "--env", env, "-o", tmp_path / "r.json", *small_eval_args(),
                              match=f"model widths (obs_dim=5, action_dim=1) do not fit {env}")
     assert "converted for cartpole-swingup" in err
 
@@ -290,12 +280,12 @@ def test_multitask_model_whose_action_mask_does_not_fit_the_task(tmp_path, capsy
     assert int(model._action_masks[MT30.index("cartpole-swingup")].sum()) == 5
     pt = T.save_upstream(model, tmp_path / "mt.pt")
     converted = convert_checkpoint(pt, tmp_path / "mt.safetensors")
-    _assert_user_error(capsys, tmp_path, converted, "--env", "cartpole-swingup", *_small(),
+    _assert_user_error(capsys, tmp_path, converted, "--env", "cartpole-swingup", *small_eval_args(),
                        match="action mask for cartpole-swingup (task 10) enables action dimensions [0, 1, 2, 3, 4]")
 
 
 def test_multitask_model_wider_task_than_the_model(tmp_path, capsys):
     model = T.build_upstream(1, 4, 6, seed=6, num_tasks=30, action_dims=_mt30_action_dims())
     converted = convert_checkpoint(T.save_upstream(model, tmp_path / "narrow.pt"), tmp_path / "narrow.safetensors")
-    _assert_user_error(capsys, tmp_path, converted, "--env", "cartpole-swingup", *_small(),
+    _assert_user_error(capsys, tmp_path, converted, "--env", "cartpole-swingup", *small_eval_args(),
                        match="is wider than this multitask model (obs_dim=4")
