@@ -235,7 +235,7 @@ def oracle_targets(problem: Problem, chunk_states: int = DEFAULT_CHUNK_STATES) -
         compiled, compile_s = _compiled(
             _oracle_kernel(oracle),
             (jax.ShapeDtypeStruct((size, obs_dim), dtype), actions, sequence),
-            compiler_options(),  # the oracle's own codegen options: its kernels are inlined here
+            compiler_options(size),  # the oracle's own codegen options: its kernels are inlined here
         )
         for start, stop in _chunks(n, size):
             t0 = time.perf_counter()
@@ -365,19 +365,56 @@ def model_metrics(
     return result, {"model_compile_s": compile_s, "model_run_s": run_s}
 
 
-# Compiled kernels by (kernel, argument shapes and dtypes): each compiles once
-# per process, so a sweep of checkpoints of one architecture, or a second run
-# on a problem of the same shape, reports a compile time of 0.
-_COMPILED: dict[tuple, Any] = {}
-
-
 def _compiled(kernel: Callable, args: tuple, compiler_options: Mapping[str, Any] | None = None) -> tuple[Any, float]:
-    """``kernel`` AOT-compiled for the shapes and dtypes of ``args``; (compiled, seconds spent now)."""
-    leaves, treedef = jax.tree_util.tree_flatten(args)
-    key = (kernel, treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves))
-    if key in _COMPILED:
-        return _COMPILED[key], 0.0
-    t0 = time.perf_counter()
-    compiled = jax.jit(kernel, compiler_options=dict(compiler_options or {})).lower(*args).compile()
-    _COMPILED[key] = compiled
-    return compiled, time.perf_counter() - t0
+    """``kernel`` compiled for the shapes and dtypes of ``args``; (compiled, seconds spent now).
+
+    Once per process and argument shapes (a sweep of checkpoints of one
+    architecture, or a second run on a problem of the same shape, reports 0);
+    traced once per configuration when a kernel cache directory is set
+    (:mod:`wmel_jax.kernel_cache`).
+    """
+    from wmel_jax import kernel_cache
+
+    return kernel_cache.compiled(kernel, args, compiler_options)
+
+
+def precompile_oracle_targets(
+    task: str,
+    *,
+    n_states: int,
+    k_steps: int,
+    actions: Any = None,
+    frame_skip: int = 1,
+    precision: str | None = None,
+    chunk_states: int = DEFAULT_CHUNK_STATES,
+) -> Any:
+    """Start compiling :func:`oracle_targets`' kernel for a problem of this shape, on a background thread.
+
+    The kernel depends on the problem's shapes only, so it can compile while
+    the states are being sampled (XLA releases the GIL while it compiles);
+    ``oracle_targets`` then waits for it instead of compiling. Returns the
+    future, or None when the arguments are not valid (``make_problem`` reports
+    those).
+    """
+    from wmel_jax import kernel_cache
+    from wmel_jax.oracle import DEFAULT_PRECISION, make_oracle
+    from wmel_jax.oracle.base import compiler_options, precision_scope
+
+    try:
+        precision = DEFAULT_PRECISION if precision is None else precision
+        oracle = make_oracle(task, frame_skip=frame_skip, precision=precision)
+        action_set = oracle.validate_actions(oracle.actions if actions is None else actions, "action set row")
+        size = _chunk_size(int(n_states), int(chunk_states))
+        if size < 1 or int(k_steps) < 1:
+            return None
+    except (WmelError, TypeError, ValueError):
+        return None
+    dtype = oracle.dtype
+    args = (
+        jax.ShapeDtypeStruct((size, oracle.obs_dim), dtype),
+        jax.ShapeDtypeStruct(action_set.shape, dtype),
+        jax.ShapeDtypeStruct((int(k_steps), oracle.action_dim), dtype),
+    )
+    return kernel_cache.precompile(
+        _oracle_kernel(oracle), args, compiler_options(size), setup=lambda: precision_scope(oracle.precision)
+    )

@@ -29,6 +29,7 @@ from wmel_jax.evaluate import (
     make_problem,
     model_metrics,
     oracle_targets,
+    precompile_oracle_targets,
 )
 from wmel_jax.fileio import atomic_output, check_writable
 
@@ -205,6 +206,17 @@ def run_eval(
     if not fitting:
         reasons = "; ".join(f"{s['model']}: {s['reason']}" for s in skipped)
         raise WmelError(f"no model could be evaluated ({reasons})")
+    # The oracle's kernel depends on the problem's shapes only: it compiles on a
+    # background thread while the states are sampled (oracle_targets waits for it).
+    precompile_oracle_targets(
+        task,
+        n_states=opts.n_states if explicit_states is None else explicit_states.shape[0],
+        k_steps=opts.k_steps if explicit_sequence is None else explicit_sequence.shape[0],
+        actions=actions,
+        frame_skip=frame_skip,
+        precision=opts.precision,
+        chunk_states=opts.chunk_states,
+    )
     problem = make_problem(
         task,
         actions,

@@ -63,11 +63,15 @@ def sample_states(
             raise WmelError("sample_states needs a concrete key (it is not traceable: n is a shape)")
         raise WmelError(f"key must be a JAX PRNG key (jax.random.key(seed)); got {type(key).__name__}")
     episodes = -(-n // reset_every)
-    kernel = _sampler(oracle, episodes, reset_every)
+    from wmel_jax import kernel_cache
     from wmel_jax.oracle.base import precision_scope
 
     with precision_scope(oracle.precision):
-        obs = kernel(key, jnp.asarray(action_set, oracle.dtype))
+        actions_arr = jnp.asarray(action_set, oracle.dtype)
+        kernel, _ = kernel_cache.compiled(
+            _sampler(oracle, episodes, reset_every), (key, actions_arr), compiler_options(episodes * reset_every)
+        )
+        obs = kernel(key, actions_arr)
     return obs[:n]
 
 
@@ -77,7 +81,11 @@ def _is_tracer(x: Any) -> bool:
 
 @functools.lru_cache(maxsize=64)
 def _sampler(oracle, episodes: int, reset_every: int):
-    """The jitted sampler for one (oracle, episodes, reset_every): key, actions -> (episodes * reset_every, obs_dim)."""
+    """The sampler kernel for one (oracle, episodes, reset_every): key, actions -> (episodes * reset_every, obs_dim).
+
+    Compiled through :func:`wmel_jax.kernel_cache.compiled` with the oracle's
+    codegen options.
+    """
     physics = oracle.physics
     frame_skip = oracle.frame_skip
 
@@ -99,4 +107,4 @@ def _sampler(oracle, episodes: int, reset_every: int):
         obs = map_chunks(episodes_from, (d, aux, ctrls), batch_chunk())  # (episodes, reset_every, obs_dim)
         return obs.reshape(episodes * reset_every, -1)
 
-    return jax.jit(kernel, compiler_options=compiler_options())
+    return kernel

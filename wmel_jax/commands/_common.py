@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-#: Environment variable that moves the compilation cache; "" or "off" disables it.
+#: Environment variable that moves the cache; "" or "off" disables it.
 CACHE_ENV = "WMEL_JAX_CACHE_DIR"
 
 
@@ -27,37 +27,45 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--cache-dir", metavar="DIR",
-        help=f"persistent JAX compilation cache (default: ${CACHE_ENV}, else ~/.cache/wmel-jax/jax)",
+        help=f"cache of traced kernels (DIR/kernels) and of XLA's compiled programs (DIR/xla) "
+        f"(default: ${CACHE_ENV}, else ~/.cache/wmel-jax)",
     )
-    parser.add_argument("--no-cache", action="store_true", help="do not use the persistent compilation cache")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache: trace and compile everything")
 
 
 def default_cache_dir() -> Path | None:
-    """$WMEL_JAX_CACHE_DIR ("" or "off": no cache), else $XDG_CACHE_HOME or ~/.cache, /wmel-jax/jax."""
+    """$WMEL_JAX_CACHE_DIR ("" or "off": no cache), else $XDG_CACHE_HOME or ~/.cache, /wmel-jax."""
     value = os.environ.get(CACHE_ENV)
     if value is not None:
         return None if value.strip().lower() in ("", "off", "0", "none") else Path(value).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "wmel-jax" / "jax"
+    return Path(base) / "wmel-jax"
 
 
 def enable_compilation_cache(cache_dir: Path | None) -> Path | None:
-    """Point JAX's persistent compilation cache at ``cache_dir`` (None: leave it off).
+    """Cache traced kernels in ``cache_dir``/kernels and XLA programs in ``cache_dir``/xla (None: neither).
 
-    Every compilation is cached (no minimum compile time): in a short run
-    compilation dominates, and even the small kernels are worth keeping.
+    Traced kernels are wmel_jax.kernel_cache's (jax.export, keyed by versions,
+    code and shapes): a warm process does not trace MJX again. The XLA programs
+    are JAX's persistent compilation cache, where every compilation is kept (no
+    minimum compile time): in a short run compilation dominates, and even the
+    small kernels are worth keeping.
     """
     import jax
+
+    from wmel_jax import kernel_cache
 
     if cache_dir is None:
         return None
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        for sub in ("xla", "kernels"):
+            (cache_dir / sub).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        print(f"wmel-jax: warning: compilation cache {str(cache_dir)!r} unusable ({e.strerror or e}); "
+        print(f"wmel-jax: warning: cache {str(cache_dir)!r} unusable ({e.strerror or e}); "
               "running without it", file=sys.stderr)
         return None
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+    kernel_cache.set_directory(cache_dir / "kernels")
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return cache_dir

@@ -282,6 +282,18 @@ class Physics:
         #: activations); "lapack": MJX's own stages (any model).
         self.factor = factor
         self._small_dense = factor == "elementwise"
+        # MJX's per-state stages, jitted once per Physics and called under vmap:
+        # a jitted function under vmap is traced at per-state shapes, so every
+        # call site (the sampler's scan, the oracle's step and rollout, each RK4
+        # stage) and every batch size reuses one trace instead of re-running
+        # MJX's Python (4x less tracing for the oracle kernel). Lowering inlines
+        # the calls: the compiled program and its results are unchanged.
+        self._smooth_state = jax.jit(self._smooth_small_state if self._small_dense else self._smooth_general_state)
+        self._kinematics_state = jax.jit(functools.partial(mjx.kinematics, self.model))
+
+    def __wmel_cache_key__(self) -> tuple:
+        """What programs traced with this physics depend on besides the code (see wmel_jax.kernel_cache)."""
+        return (self.task, self.precision, self.solver, self.factor)
 
     # -- state construction ------------------------------------------------
 
@@ -290,7 +302,7 @@ class Physics:
         return jax.vmap(lambda qp, qv: self.template.replace(qpos=qp, qvel=qv))(qpos, qvel)
 
     def kinematics(self, d):
-        return jax.vmap(lambda x: mjx.kinematics(self.model, x))(d)
+        return jax.vmap(self._kinematics_state)(d)
 
     def state(self, obs: jax.Array):
         """obs (N, obs_dim) -> Data batch holding the physics state (qpos, qvel), nothing computed."""
@@ -316,41 +328,38 @@ class Physics:
 
     def _smooth(self, d):
         """Everything of mj_forward before the constraint solver, per state."""
+        return jax.vmap(self._smooth_state)(d)
+
+    def _smooth_general_state(self, x):
         m = self.model
-        if not self._small_dense:
+        x = mjx.fwd_position(m, x)
+        x = mjx.sensor_pos(m, x)
+        x = mjx.fwd_velocity(m, x)
+        x = mjx.sensor_vel(m, x)
+        x = mjx.fwd_actuation(m, x)
+        return mjx.fwd_acceleration(m, x)
 
-            def one(x):
-                x = mjx.fwd_position(m, x)
-                x = mjx.sensor_pos(m, x)
-                x = mjx.fwd_velocity(m, x)
-                x = mjx.sensor_vel(m, x)
-                x = mjx.fwd_actuation(m, x)
-                return mjx.fwd_acceleration(m, x)
-
-            return jax.vmap(one)(d)
-
-        def one_small(x):
-            # mjx.fwd_position's stages, with the mass matrix factored elementwise.
-            x = mjx.kinematics(m, x)
-            x = mjx.com_pos(m, x)
-            x = mjx.camlight(m, x)
-            x = mjx.tendon(m, x)
-            x = mjx.crb(m, x)
-            x = mjx.tendon_armature(m, x)
-            x = x.tree_replace({"_impl.qLD": cholesky_upper(x._impl.M)})  # = mjx.factor_m (dense)
-            x = mjx.collision(m, x)
-            x = mjx.make_constraint(m, x)
-            x = mjx.transmission(m, x)
-            x = mjx.sensor_pos(m, x)
-            x = mjx.fwd_velocity(m, x)
-            x = mjx.sensor_vel(m, x)
-            x = mjx.fwd_actuation(m, x)
-            # mjx.fwd_acceleration, solving with the factor above.
-            qfrc_smooth = x.qfrc_passive - x.qfrc_bias + x.qfrc_actuator + x.qfrc_applied + mjx.xfrc_accumulate(m, x)
-            qacc_smooth = cholesky_solve_upper(x._impl.qLD, qfrc_smooth)
-            return x.replace(qfrc_smooth=qfrc_smooth, qacc_smooth=qacc_smooth)
-
-        return jax.vmap(one_small)(d)
+    def _smooth_small_state(self, x):
+        # mjx.fwd_position's stages, with the mass matrix factored elementwise.
+        m = self.model
+        x = mjx.kinematics(m, x)
+        x = mjx.com_pos(m, x)
+        x = mjx.camlight(m, x)
+        x = mjx.tendon(m, x)
+        x = mjx.crb(m, x)
+        x = mjx.tendon_armature(m, x)
+        x = x.tree_replace({"_impl.qLD": cholesky_upper(x._impl.M)})  # = mjx.factor_m (dense)
+        x = mjx.collision(m, x)
+        x = mjx.make_constraint(m, x)
+        x = mjx.transmission(m, x)
+        x = mjx.sensor_pos(m, x)
+        x = mjx.fwd_velocity(m, x)
+        x = mjx.sensor_vel(m, x)
+        x = mjx.fwd_actuation(m, x)
+        # mjx.fwd_acceleration, solving with the factor above.
+        qfrc_smooth = x.qfrc_passive - x.qfrc_bias + x.qfrc_actuator + x.qfrc_applied + mjx.xfrc_accumulate(m, x)
+        qacc_smooth = cholesky_solve_upper(x._impl.qLD, qfrc_smooth)
+        return x.replace(qfrc_smooth=qfrc_smooth, qacc_smooth=qacc_smooth)
 
     def _solve(self, d):
         """The constraint solve of mj_forward for a batch whose smooth dynamics are done."""
@@ -542,13 +551,17 @@ def batch_chunk() -> int | None:
 def map_chunks(fn, xs: tuple, chunk: int | None):
     """fn over a batch in chunks: xs pytrees of arrays with leading axis N -> fn's outputs, leading axis N.
 
-    The last chunk is padded with copies of row 0 (valid inputs; the padded
-    results are dropped). Sequential over chunks (``lax.map``), batched within.
+    The batch is cut into the fewest chunks of at most ``chunk`` rows, of equal
+    size (5,000 rows in chunks of at most 4,096: two of 2,500, not 4,096 + 904
+    padded to 4,096); the last one is padded with copies of row 0 (valid
+    inputs; the padded results are dropped). Sequential over chunks
+    (``lax.map``), batched within.
     """
     n = jax.tree_util.tree_leaves(xs)[0].shape[0]
     if chunk is None or n <= chunk:
         return fn(*xs)
     n_chunks = -(-n // chunk)
+    chunk = -(-n // n_chunks)
     pad = n_chunks * chunk - n
 
     def split(x):
@@ -560,18 +573,37 @@ def map_chunks(fn, xs: tuple, chunk: int | None):
     return jax.tree_util.tree_map(lambda y: y.reshape((n_chunks * chunk,) + y.shape[2:])[:n], out)
 
 
-def compiler_options() -> dict[str, Any]:
+#: Physics kernels over at most this many states per call compile with XLA's
+#: backend optimisation level 0 (see :func:`compiler_options`).
+FAST_COMPILE_MAX_STATES = 512
+
+
+def compiler_options(batch: int | None = None) -> dict[str, Any]:
     """XLA options for the physics kernels (per jit: nothing global changes).
 
     On CPU, XLA hands small dot products to YNNPACK fusions, which are slow on
     MJX's many tiny batched (3x3, 6x6, nv x nv) products: without them the
     reacher step runs ~30% faster, the RK4 tasks ~10% faster (see
-    benchmarks/oracle_throughput.py). Codegen only: the arithmetic is the same
-    operations, summed in XLA's own loops.
+    benchmarks/oracle_throughput.py). XLA:CPU's newer MLIR fusion emitters
+    are switched off too: with the classic LLVM emitters these kernels compile
+    faster and run faster (the oracle's answers for 4,096 cartpole states in
+    97 ms instead of 145 ms; benchmarks/codegen.py).
+
+    ``batch``: states per call, when the caller knows it. A kernel over at
+    most FAST_COMPILE_MAX_STATES states is compiled at backend optimisation
+    level 0, which halves its compile time (oracle kernel at 150 states: 3.3 s
+    instead of 6.3 s of CPU) for a few milliseconds more run time, which a
+    problem that small never recovers (benchmarks/codegen.py).
+
+    Codegen only: the arithmetic is the same operations (results agree to the
+    last bit or two of float64).
     """
-    if jax.default_backend() == "cpu":
-        return {"xla_cpu_experimental_ynn_fusion_type": ""}
-    return {}
+    if jax.default_backend() != "cpu":
+        return {}
+    options: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_use_fusion_emitters": False}
+    if batch is not None and batch <= FAST_COMPILE_MAX_STATES:
+        options["xla_backend_optimization_level"] = 0
+    return options
 
 
 @functools.lru_cache(maxsize=None)
@@ -658,6 +690,10 @@ class Oracle:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Oracle) and self._key() == other._key()
+
+    def __wmel_cache_key__(self) -> tuple:
+        """What the oracle's traced programs depend on besides the code (see wmel_jax.kernel_cache)."""
+        return self._key()
 
     def __hash__(self) -> int:
         return hash(self._key())
