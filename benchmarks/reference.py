@@ -68,6 +68,7 @@ __all__ = [
     "make_env",
     "write_state",
     "dm_control_oracle",
+    "dm_control_oracle_with_reward",
     "torch_model_step",
     "adapter_step",
     "load_adapter",
@@ -75,6 +76,13 @@ __all__ = [
     "collect_states",
     "reference_action_sequence",
     "run_reference",
+    "reference_latent_m1",
+    "reference_latent_m2_curve",
+    "reference_reward_rank",
+    "reference_latent_metrics",
+    "load_upstream",
+    "upstream_callables",
+    "run_reference_latent",
     "main",
 ]
 
@@ -372,23 +380,50 @@ def dm_control_oracle(
     frame_skip = int(frame_skip)
     if frame_skip > reset_every:
         raise ValueError(f"frame_skip {frame_skip} exceeds reset_every {reset_every}")
+    step_reward = dm_control_oracle_with_reward(task, frame_skip, reset_every=reset_every)
+
+    def oracle_step(obs: Sequence[float], action: Sequence[float]) -> tuple[float, ...]:
+        return step_reward(obs, action)[0]
+
+    return oracle_step, task_score(task), default_actions(task)
+
+
+def dm_control_oracle_with_reward(
+    task: str, frame_skip: int = 1, *, reset_every: int = ORACLE_RESET_EVERY
+) -> Callable[[Sequence[float], Sequence[float]], tuple[tuple[float, ...], float]]:
+    """``oracle_step_reward(obs, action) -> (next_obs, reward)``, per sample.
+
+    As :func:`dm_control_oracle`'s step, also returning the task's reward
+    summed over the ``frame_skip`` env.steps the way TD-MPC2's DMC wrapper sums
+    it (``reward = 0; for _ in range(2): reward += env.step(a).reward``). The
+    env is reset once before use, as ``initialize_episode`` sets task
+    parameters the reward reads (reacher-easy's target size).
+    """
+    _check_task(task)
+    if isinstance(frame_skip, bool) or int(frame_skip) != frame_skip or frame_skip < 1:
+        raise ValueError(f"frame_skip must be a positive integer, got {frame_skip!r}")
+    frame_skip = int(frame_skip)
+    if frame_skip > reset_every:
+        raise ValueError(f"frame_skip {frame_skip} exceeds reset_every {reset_every}")
     env = make_env(task)
     env.reset()
     steps_since_reset = 0
 
-    def oracle_step(obs: Sequence[float], action: Sequence[float]) -> tuple[float, ...]:
+    def oracle_step_reward(obs: Sequence[float], action: Sequence[float]) -> tuple[tuple[float, ...], float]:
         nonlocal steps_since_reset
         if steps_since_reset + frame_skip > reset_every:
             env.reset()
             steps_since_reset = 0
         write_state(task, env.physics, obs)
         ctrl = np.asarray(action, dtype=np.float32)
+        reward = 0.0
         for _ in range(frame_skip):
             ts = env.step(ctrl)
+            reward += float(ts.reward)
         steps_since_reset += frame_skip
-        return flatten_observation(ts.observation)
+        return flatten_observation(ts.observation), reward
 
-    return oracle_step, task_score(task), default_actions(task)
+    return oracle_step_reward
 
 
 # --------------------------------------------------------------------------- #
@@ -667,6 +702,327 @@ def _run_reference(model_path: Any, task: str, states: Any, n_states: int, k_ste
         "action_sequence": [list(a) for a in sequence],
         **metrics,
         "calls": dict(calls),
+        "torch_threads": torch_threads,
+        "timings": {
+            "setup_s": t_setup - t_start,
+            "collect_states_s": t_states - t_setup,
+            "metrics_s": t_end - t_metrics,
+            "total_s": t_end - t_start,
+        },
+    }
+
+
+# --------------------------------------------------------------------------- #
+# Latent-space metrics and reward ranking of upstream checkpoints, per sample
+# --------------------------------------------------------------------------- #
+
+Encode = Callable[[Any], tuple]
+NextLatent = Callable[[Any, Any], tuple]
+RewardFn = Callable[[Any, Any], float]
+StepReward = Callable[[Any, Any], "tuple[Any, float]"]
+
+
+def reference_latent_m1(
+    states: Sequence[Any], actions: Sequence[Any], oracle_step: Step, encode: Encode, next_latent: NextLatent
+) -> float:
+    """Latent one-step error: mean over states x actions of ||next(encode(s), a) - encode(O(s, a))||_2."""
+    total, n = 0.0, 0
+    for s in states:
+        for a in actions:
+            total += l2(next_latent(encode(s), a), encode(oracle_step(s, a)))
+            n += 1
+    if n == 0:
+        raise ValueError("the latent one-step error needs at least one state and one action")
+    return total / n
+
+
+def reference_latent_m2_curve(
+    states: Sequence[Any], action_sequence: Sequence[Any], oracle_step: Step, encode: Encode, next_latent: NextLatent
+) -> list[float]:
+    """Latent k-step curve: for t = 1..k, the mean over states of ||z_t - encode(s_t)||_2.
+
+    ``z_0 = encode(s)``, ``z_t = next(z_{t-1}, a_t)`` (the latent rolled open
+    loop, never re-encoded); ``s_t`` the oracle iterated on its own
+    observations, as :func:`reference_m2_curve` iterates it.
+    """
+    k = len(action_sequence)
+    if not states or k == 0:
+        raise ValueError("the latent k-step curve needs at least one state and one action in the sequence")
+    sums = [0.0] * k
+    for s in states:
+        z, obs = encode(s), s
+        for t, a in enumerate(action_sequence):
+            z = next_latent(z, a)
+            obs = oracle_step(obs, a)
+            sums[t] += l2(z, encode(obs))
+    return [v / len(states) for v in sums]
+
+
+def reference_reward_rank(
+    states: Sequence[Any], actions: Sequence[Any], oracle_step_reward: StepReward, encode: Encode, reward: RewardFn
+) -> tuple[float | None, int]:
+    """Reward-ranking agreement: (mean over states of tau-b(true rewards, predicted rewards), states used).
+
+    Per state: the task's true reward of each transition (s, a) and the
+    model's ``reward(encode(s), a)`` over the action set; states where tau-b
+    is undefined are skipped (M3's rule); None when none remain.
+    """
+    taus = []
+    for s in states:
+        true = [float(oracle_step_reward(s, a)[1]) for a in actions]
+        predicted = [float(reward(encode(s), a)) for a in actions]
+        tau = kendall_tau_b(true, predicted)
+        if tau is not None:
+            taus.append(tau)
+    if not taus:
+        return None, 0
+    return sum(taus) / len(taus), len(taus)
+
+
+def reference_latent_metrics(
+    states: Sequence[Any],
+    actions: Sequence[Any],
+    action_sequence: Sequence[Any],
+    oracle_step_reward: StepReward,
+    encode: Encode,
+    next_latent: NextLatent,
+    reward: RewardFn | None = None,
+) -> dict[str, Any]:
+    """The latent metrics (and the reward ranking when ``reward`` is given), per sample, report field names.
+
+    Returns {m1_latent_onestep, m2_latent_kstep, m2_latent_curve (k floats),
+    reward_rank_agreement (float or None), reward_rank_states_used}; the
+    last two None without a reward head.
+    """
+
+    def oracle_step(obs: Any, action: Any) -> Any:
+        return oracle_step_reward(obs, action)[0]
+
+    m1 = reference_latent_m1(states, actions, oracle_step, encode, next_latent)
+    curve = reference_latent_m2_curve(states, action_sequence, oracle_step, encode, next_latent)
+    rank, used = (None, None)
+    if reward is not None:
+        rank, used = reference_reward_rank(states, actions, oracle_step_reward, encode, reward)
+    return {
+        "m1_latent_onestep": m1,
+        "m2_latent_kstep": curve[-1],
+        "m2_latent_curve": curve,
+        "reward_rank_agreement": rank,
+        "reward_rank_states_used": used,
+    }
+
+
+def _upstream_config(state: Any) -> Any:
+    """The torch mirror's Config, read from an upstream state dict's own shapes.
+
+    Independent of the converter: encoder layers ``_encoder.state.{i}``, the
+    dynamics' width, the policy's output (2 x action_dim), the reward head's
+    bins, the Q ensemble (current layout, ``_Qs.params.{layer}.*``), the task
+    embedding and the action masks (whose row sums are the tasks' action widths).
+    """
+    from converters.tdmpc2_torch import Config
+    from wmel_jax.errors import WmelError
+
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in state:
+            raise WmelError(f"not an upstream TD-MPC2 checkpoint the reference path reads: no key {key!r}")
+        return tuple(state[key].shape)
+
+    n_enc = 0
+    while f"_encoder.state.{n_enc}.weight" in state:
+        n_enc += 1
+    if n_enc < 2:
+        raise WmelError("not an upstream TD-MPC2 checkpoint: fewer than 2 encoder layers")
+    task_dim = num_tasks = 0
+    if "_task_emb.weight" in state:
+        num_tasks, task_dim = shape("_task_emb.weight")
+    enc_dim, enc_in = shape("_encoder.state.0.weight")
+    action_dims: tuple[int, ...] = ()
+    action_dim = shape("_pi.2.weight")[0] // 2
+    if num_tasks:
+        masks = state["_action_masks"]
+        action_dims = tuple(int(round(float(v))) for v in masks.sum(-1))
+    return Config(
+        obs_dim=enc_in - task_dim,
+        action_dim=action_dim,
+        enc_dim=enc_dim,
+        mlp_dim=shape("_dynamics.0.weight")[0],
+        latent_dim=shape(f"_encoder.state.{n_enc - 1}.weight")[0],
+        num_enc_layers=n_enc,
+        num_q=shape("_Qs.params.0.weight")[0],
+        num_bins=shape("_reward.2.weight")[0],
+        task_dim=task_dim,
+        action_dims=action_dims,
+        episodic="_termination.0.weight" in state,
+        log_std_min=int(state["log_std_min"]),
+        log_std_max=int(state["log_std_min"]) + int(state["log_std_dif"]),
+    )
+
+
+def load_upstream(path: str | os.PathLike) -> Any:
+    """The torch mirror :class:`~converters.tdmpc2_torch.WorldModel` of an upstream ``.pt``, in eval mode.
+
+    ``torch.load(path, map_location="cpu", weights_only=True)`` (nothing in the
+    file is executed), ``{"model": state_dict}`` or the bare state dict, the
+    current Q layout; loaded with ``load_state_dict(strict=True)``.
+    """
+    from wmel_jax.errors import WmelError
+
+    path = Path(path)
+    if not path.is_file():
+        raise WmelError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    import torch
+
+    from converters.tdmpc2_torch import WorldModel
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated zips, refused globals
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WmelError(f"cannot load {str(path)!r} as a torch checkpoint: {reason[:200]}") from None
+    state = blob.get("model", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict) or "_encoder.state.0.weight" not in state:
+        raise WmelError(f"{str(path)!r} is not an upstream TD-MPC2 agent checkpoint ({{'model': state_dict}})")
+    model = WorldModel(_upstream_config(state))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise WmelError(f"{str(path)!r}: the state dict does not fit its own shapes ({str(e).splitlines()[0]})") from None
+    return model.eval()
+
+
+def upstream_callables(model: Any, task_index: int | None = None) -> tuple[Encode, NextLatent, RewardFn]:
+    """Batch-of-1 ``(encode(obs), next_latent(z, a), reward(z, a))`` of a torch mirror WorldModel.
+
+    Each call is one ``torch.no_grad()`` forward pass on a batch of 1,
+    float32. A multitask model (``task_index`` given) gets what upstream's
+    multitask wrapper and planner give it: the observation zero-padded to the
+    model's width, the action zero-padded and multiplied by the task's action
+    mask, and the task index.
+    """
+    import torch
+
+    cfg = model.cfg
+    if cfg.multitask != (task_index is not None):
+        raise ValueError("a multitask model needs task_index; a single-task model takes none")
+    task = None if task_index is None else int(task_index)
+    mask = None if task is None else model._action_masks[task]
+
+    def row(values: Any, width: int) -> torch.Tensor:
+        x = [float(v) for v in values] + [0.0] * (width - len(values))  # zero-padding (multitask)
+        return torch.tensor([x], dtype=torch.float32)
+
+    def action_row(action: Any) -> torch.Tensor:
+        a = row(action, cfg.action_dim)
+        return a if mask is None else a * mask
+
+    @torch.no_grad()
+    def encode(obs: Any) -> tuple[float, ...]:
+        return tuple(float(x) for x in model.encode(row(obs, cfg.obs_dim), task).squeeze(0))
+
+    @torch.no_grad()
+    def next_latent(z: Any, action: Any) -> tuple[float, ...]:
+        z_t = torch.tensor([tuple(float(x) for x in z)], dtype=torch.float32)
+        return tuple(float(x) for x in model.next(z_t, action_row(action), task).squeeze(0))
+
+    @torch.no_grad()
+    def reward(z: Any, action: Any) -> float:
+        z_t = torch.tensor([tuple(float(x) for x in z)], dtype=torch.float32)
+        return float(model.reward_value(z_t, action_row(action), task)[0])
+
+    return encode, next_latent, reward
+
+
+def run_reference_latent(
+    model_path: str | os.PathLike,
+    task: str,
+    *,
+    states: Any = None,
+    action_sequence: Any = None,
+    actions: Any = None,
+    frame_skip: int = 2,
+    task_name: str | None = None,
+    n_states: int = 150,
+    k_steps: int = 10,
+    seed: int = 0,
+    torch_threads: int | None = 1,
+) -> dict[str, Any]:
+    """Latent metrics and reward-ranking agreement of one upstream ``.pt``, by the per-sample path.
+
+    dm_control for the oracle and the true rewards (one state at a time,
+    rewards summed over ``frame_skip`` env.steps: upstream's default is 2),
+    the torch mirror for the model (batch-of-1 calls), plain-Python tau-b.
+    states: (N, obs_dim) observations of ``task``, else :func:`collect_states`
+    (n_states, seed, frame_skip); actions: (A, action_dim), else the task's
+    default set (upstream checkpoints have a continuous action space);
+    action_sequence: (k, action_dim), else :func:`reference_action_sequence`.
+    A multitask checkpoint is run on ``task_name`` (default ``task``), its index
+    in upstream's task list for the model's number of tasks (mt30/mt80).
+    Returns the metrics (report field names, unrounded) with the configuration
+    and ``timings`` {setup_s, collect_states_s, metrics_s, total_s}.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    if torch_threads is not None:
+        torch.set_num_threads(int(torch_threads))
+    try:
+        return _run_reference_latent(model_path, task, states, action_sequence, actions, frame_skip,
+                                     task_name, n_states, k_steps, seed, torch_threads)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_reference_latent(model_path: Any, task: str, states: Any, action_sequence: Any, actions: Any,
+                          frame_skip: int, task_name: str | None, n_states: int, k_steps: int, seed: int,
+                          torch_threads: int | None) -> dict[str, Any]:
+    from converters.tasks import KNOWN_TASK_DIMS, upstream_task_names
+    from wmel_jax.errors import WmelError
+
+    t_start = time.perf_counter()
+    _check_task(task)
+    obs_dim, action_dim = KNOWN_TASK_DIMS[task]
+    model = load_upstream(model_path)
+    cfg = model.cfg
+    task_index = None
+    if cfg.multitask:
+        names, _ = upstream_task_names(cfg.num_tasks)
+        name = task_name or task
+        if names is None or name not in names:
+            raise WmelError(f"{name!r} is not in upstream's task list for {cfg.num_tasks} tasks")
+        task_index = names.index(name)
+        if cfg.obs_dim < obs_dim or cfg.action_dims[task_index] != action_dim:
+            raise WmelError(f"the multitask model's widths for {name} do not fit {task}")
+    elif (cfg.obs_dim, cfg.action_dim) != (obs_dim, action_dim):
+        raise WmelError(f"the checkpoint has obs_dim {cfg.obs_dim} and action_dim {cfg.action_dim}; "
+                        f"{task} has {obs_dim} and {action_dim}")
+    encode, next_latent, reward = upstream_callables(model, task_index)
+    oracle_step_reward = dm_control_oracle_with_reward(task, frame_skip)
+    action_set = default_actions(task) if actions is None else _as_rows("actions", actions, action_dim, "action set")
+    t_setup = time.perf_counter()
+    if states is None:
+        state_rows = collect_states(task, n_states, seed, frame_skip, actions=action_set)
+    else:
+        state_rows = _as_rows("states", states, obs_dim, f"observations of {task}")
+    t_states = time.perf_counter()
+    if action_sequence is None:
+        sequence = reference_action_sequence(action_set, k_steps, seed)
+    else:
+        sequence = _as_rows("action sequence", action_sequence, action_dim, "one action per row")
+    t_metrics = time.perf_counter()
+    metrics = reference_latent_metrics(state_rows, action_set, sequence, oracle_step_reward, encode, next_latent, reward)
+    t_end = time.perf_counter()
+    return {
+        "model": str(model_path),
+        "task": task,
+        "task_index": task_index,
+        "frame_skip": int(frame_skip),
+        "n_states": len(state_rows),
+        "k_steps": len(sequence),
+        "seed": seed,
+        "action_set": [list(a) for a in action_set],
+        "action_sequence": [list(a) for a in sequence],
+        **metrics,
         "torch_threads": torch_threads,
         "timings": {
             "setup_s": t_setup - t_start,

@@ -60,30 +60,37 @@ def set_state(env, task: str, obs: np.ndarray) -> None:
 
 def next_observations(
     task: str, states: np.ndarray, actions: np.ndarray, max_frame_skip: int = 2, seed: int = 0
-) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], dict[int, np.ndarray]]:
     """env.step with each action from each state.
 
-    Returns ({frame_skip: next obs (N, A, obs_dim)}, {frame_skip: (N, A) bool}),
-    the second True where a constraint (a joint at its limit) was in play at
-    the start of one of the frame_skip physics steps. Frame skip f is f
-    env.steps with the same action (action repeat), so one pass of
-    max_frame_skip steps gives every frame_skip up to it.
+    Returns ({frame_skip: next obs (N, A, obs_dim)}, {frame_skip: (N, A) bool},
+    {frame_skip: (N, A) reward}), the second True where a constraint (a joint
+    at its limit) was in play at the start of one of the frame_skip physics
+    steps, the third dm_control's ``TimeStep.reward`` summed over the
+    frame_skip env.steps (``reward += step.reward``, as TD-MPC2's DMC
+    wrapper). Frame skip f is f env.steps with the same action (action
+    repeat), so one pass of max_frame_skip steps gives every frame_skip up to it.
     """
     env = load_env(task, seed)
-    env.reset()
+    env.reset()  # reacher: sets the easy task's target size, which the reward reads
     data = env.physics.data
     shape = (len(states), len(actions))
     out = {f: np.zeros(shape + (states.shape[1],)) for f in range(1, max_frame_skip + 1)}
     limit = {f: np.zeros(shape, bool) for f in range(1, max_frame_skip + 1)}
+    rewards = {f: np.zeros(shape) for f in range(1, max_frame_skip + 1)}
     for i, s in enumerate(states):
         for a, action in enumerate(actions):
             set_state(env, task, s)
             engaged = False
+            total = 0
             for f in range(1, max_frame_skip + 1):
                 engaged |= data.nefc > 0  # C MuJoCo makes limit rows only for joints at their limit
-                out[f][i, a] = obs_vector(env.step(action))
+                ts = env.step(action)
+                total += ts.reward
+                out[f][i, a] = obs_vector(ts)
                 limit[f][i, a] = engaged
-    return out, limit
+                rewards[f][i, a] = total
+    return out, limit, rewards
 
 
 def rollouts(task: str, states: np.ndarray, action_seq: np.ndarray, frame_skip: int, warmstart: bool = True, seed: int = 0) -> np.ndarray:

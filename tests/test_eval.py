@@ -34,7 +34,7 @@ def cartpole_models(checkpoints) -> list[str]:
 
 @pytest.fixture(scope="module")
 def upstream_model(checkpoints) -> str:
-    """An upstream-schema model (no observation decoder) with cartpole's widths."""
+    """An upstream-schema model (no observation decoder) with cartpole's widths; frame_skip 2 (upstream's)."""
     return str(checkpoints.upstream(1, obs_dim=5, action_dim=1).converted)
 
 
@@ -92,10 +92,20 @@ def test_eval_writes_table_report_figure_and_states(tmp_path, capsys, cartpole_m
         assert len(cell["m2_curve"]) == K and cell["m2_l2_kstep"] == cell["m2_curve"][-1]
         assert cell["m1_l2_onestep"] > 0 and cell["gap"] == gap
         assert cell["m3_action_agreement"] is None or -1 <= cell["m3_action_agreement"] <= 1
+        # An adapter model has an encoder too: the latent metrics; no reward head: no reward ranking.
+        assert len(cell["m2_latent_curve"]) == K and cell["m2_latent_kstep"] == cell["m2_latent_curve"][-1]
+        assert cell["m1_latent_onestep"] > 0
+        assert cell["reward_rank_agreement"] is None and cell["reward_rank_states_used"] is None
+        assert cell["unavailable"] == {"reward_rank_agreement": "no reward head"}
+    assert doc["metric_spaces"]["m1_latent_onestep"] == "latent"
+    assert doc["metric_spaces"]["m3_action_agreement"] == "observation"
+    assert doc["metric_spaces"]["reward_rank_agreement"] == "reward"
+    assert doc["config"]["action_set_source"] == "the checkpoint's"
     assert doc["skipped"] == []
     assert doc["timings"]["compile_s"] >= 0 and doc["timings"]["run_s"] > 0
     for name in cartpole_models:
         assert name in out
+    assert "latent 1-step L2" in out and "not available: reward tau-b: no reward head" in out
     assert png.read_bytes()[:8] == PNG_SIGNATURE
     assert np.load(states, allow_pickle=False).shape == (N, 5)
 
@@ -137,7 +147,7 @@ def test_model_chunking_does_not_change_the_metrics(cartpole_models, chunk):
     targets = evaluate.oracle_targets(problem, CHUNK)
     reference = evaluate.model_metrics(model, problem, targets, CHUNK)[0]
     chunked = evaluate.model_metrics(model, problem, targets, chunk)[0]
-    for key in ("m1_l2_onestep", "m2_curve", "m3_action_agreement"):
+    for key in ("m1_l2_onestep", "m2_curve", "m3_action_agreement", "m1_latent_onestep", "m2_latent_curve"):
         np.testing.assert_allclose(chunked[key], reference[key], rtol=CHUNK_RTOL, err_msg=key)
     assert chunked["m3_states_used"] == reference["m3_states_used"]
 
@@ -173,7 +183,8 @@ def test_one_bad_model_among_several_is_skipped(tmp_path, capsys, cartpole_model
     assert [c["model"] for c in doc["cells"]] == [cartpole_models[0]]
     reasons = {s["model"]: s["reason"] for s in doc["skipped"]}
     assert "reacher-easy" in reasons[reacher_model]
-    assert "no observation decoder" in reasons[upstream_model]
+    # Decoder-less models are evaluated (latent metrics), but not mixed into a run of another action repeat.
+    assert "frame_skip 2 differs from this run's 1" in reasons[upstream_model]
     assert "does not exist" in reasons[str(tmp_path / "missing.safetensors")]
 
 
@@ -221,12 +232,30 @@ def test_action_sequence_outside_the_actuator_range(tmp_path, capsys, cartpole_m
 
 
 def test_model_whose_widths_do_not_fit_the_task(tmp_path, capsys, reacher_model):
-    _assert_user_error(capsys, tmp_path, reacher_model, "--env", "cartpole-swingup", *_small(), match="converted for reacher-easy")
+    err = _assert_user_error(capsys, tmp_path, reacher_model, "--env", "cartpole-swingup", *_small(),
+                             match="do not fit cartpole-swingup")
+    assert "converted for reacher-easy" in err
 
 
-def test_model_without_decoder_says_what_it_supports(tmp_path, capsys, upstream_model):
-    err = _assert_user_error(capsys, tmp_path, upstream_model, *_small(), match="no observation decoder")
-    assert "reward" in err  # the heads it does have
+def test_model_without_decoder_is_evaluated_in_latent_space(tmp_path, capsys, upstream_model):
+    """No observation decoder: the observation-space metrics are null with the reason, the others are there."""
+    report = tmp_path / "r.json"
+    code, out, err = _eval(upstream_model, *_small("-o", report), capsys=capsys)
+    assert code == 0, err
+    doc = json.loads(report.read_text())
+    assert doc["config"]["frame_skip"] == 2  # the converter's upstream default, honoured by the oracle
+    assert doc["config"]["action_set"] == [[-1.0], [-0.5], [0.0], [0.5], [1.0]]  # the task's default set
+    assert "default set" in doc["config"]["action_set_source"]
+    (cell,) = doc["cells"]
+    for key in ("m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement", "m3_states_used"):
+        assert cell[key] is None, key
+    assert set(cell["unavailable"]) == {"m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement"}
+    assert "no observation decoder" in cell["unavailable"]["m1_l2_onestep"]
+    assert cell["m1_latent_onestep"] > 0 and len(cell["m2_latent_curve"]) == K
+    assert -1 <= cell["reward_rank_agreement"] <= 1 and 0 < cell["reward_rank_states_used"] <= N
+    assert "M1 one-step L2" not in out.splitlines()[2]  # no column nobody has ...
+    assert "not available: M1 one-step L2, M2 k-step L2, M3 tau-b: no observation decoder" in out  # ... said so
+    assert "latent 1-step L2" in out and "reward tau-b" in out
 
 
 def test_downstream_without_a_gap(tmp_path, capsys, cartpole_models):
@@ -256,9 +285,9 @@ def test_unknown_task(tmp_path, capsys, cartpole_models):
     assert "cartpole-swingup" in err
 
 
-def test_all_models_bad_is_an_error(tmp_path, capsys, upstream_model):
-    _assert_user_error(capsys, tmp_path, upstream_model, upstream_model, "-o", tmp_path / "r.json", *_small(),
-                       match="no model could be evaluated")
+def test_all_models_bad_is_an_error(tmp_path, capsys, reacher_model):
+    _assert_user_error(capsys, tmp_path, reacher_model, tmp_path / "missing.safetensors", "--env", "cartpole-swingup",
+                       "-o", tmp_path / "r.json", *_small(), match="no model could be evaluated")
 
 
 def test_non_positive_sizes_are_errors():

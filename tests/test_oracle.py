@@ -35,6 +35,8 @@ F32_LIMIT_STEP_TOL = 1e-3
 F64_ROLLOUT_TOL = 1e-8
 #: the single-row and MJX constraint solvers agree this closely on qacc (float64)
 SOLVER_AGREEMENT_TOL = 1e-9
+#: max |oracle reward - dm_control reward| (summed over the action repeat), float64
+F64_REWARD_TOL = 1e-9
 
 N_RESET, N_RANDOM, N_STRESS = 250, 500, 250  # 1,000 parity states per task
 N_ROLLOUT, ROLLOUT_K = 100, 10
@@ -49,7 +51,8 @@ def test_registry_lists_the_three_tasks():
 @pytest.fixture(scope="module")
 def parity():
     """task -> (states (1000, obs_dim), {frame_skip: dm_control next obs (1000, A, obs_dim)},
-    {frame_skip: (1000, A) True where a joint limit was engaged during the step})."""
+    {frame_skip: (1000, A) True where a joint limit was engaged during the step},
+    {frame_skip: (1000, A) dm_control's reward summed over the frame_skip env.steps})."""
     cache: dict[str, tuple] = {}
 
     def get(task: str):
@@ -72,7 +75,7 @@ def parity():
 @pytest.mark.parametrize("frame_skip", [1, 2])
 @pytest.mark.parametrize("task", TASKS)
 def test_step_all_matches_dm_control(parity, task, frame_skip, precision):
-    states, ref, limit = parity(task)
+    states, ref, limit, _ = parity(task)
     oracle = wmel_jax.make_oracle(task, frame_skip=frame_skip, precision=precision)
     out = oracle.step_all(states)
     assert out.dtype == np.dtype(precision), f"{task}: step_all returned {out.dtype}, not {precision}"
@@ -94,7 +97,7 @@ def test_step_all_matches_dm_control(parity, task, frame_skip, precision):
 
 def test_parity_states_engage_the_joint_limits(parity):
     for task in ("cartpole-swingup", "reacher-easy"):
-        _, _, limit = parity(task)
+        _, _, limit, _ = parity(task)
         assert limit[1].mean() > 0.05, f"{task}: only {limit[1].mean():.1%} of parity steps engage the joint limit"
 
 
@@ -113,11 +116,50 @@ def test_float32_limit_tolerance_is_the_problems_own_sensitivity():
     assert F32_STEP_TOL < spread <= F32_LIMIT_STEP_TOL, f"1-ulp float32 input perturbations move the float64 successor by {spread:.3g}"
 
 
+@pytest.mark.parametrize("frame_skip", [1, 2])
+@pytest.mark.parametrize("task", TASKS)
+def test_rewards_match_dm_control(parity, task, frame_skip):
+    """dm_control's own env.step(...).reward, summed over the frame_skip repeats, on 1,000 states x every action.
+
+    step_all_reward runs the step kernel that step_all compiled above (the
+    reward is one of its outputs), so this costs no compilation.
+    """
+    states, ref, _, rewards = parity(task)
+    oracle = wmel_jax.make_oracle(task, frame_skip=frame_skip)
+    nxt, out = oracle.step_all_reward(states)
+    assert out.shape == rewards[frame_skip].shape and out.dtype == np.float64
+    err = np.abs(np.asarray(out) - rewards[frame_skip])
+    worst = np.unravel_index(err.argmax(), err.shape)
+    assert err[worst] <= F64_REWARD_TOL, (
+        f"{task} frame_skip={frame_skip}: max |reward - dm_control| = {err[worst]:.3g} > {F64_REWARD_TOL:g} "
+        f"at state {worst[0]} {states[worst[0]].tolist()}, action {oracle.actions[worst[1]].tolist()}"
+    )
+    np.testing.assert_array_equal(np.asarray(nxt), np.asarray(oracle.step_all(states)), err_msg="step_all_reward's next obs")
+    # Not a vacuous comparison: the rewards vary (reacher's is a 0/1 indicator, hit on some states).
+    values = np.unique(rewards[frame_skip])
+    assert (values.size >= 100) if task != "reacher-easy" else (rewards[frame_skip] > 0).mean() > 0.01, (
+        f"{task}: the parity states' rewards barely vary ({values.size} distinct values)"
+    )
+    assert frame_skip == 1 or (rewards[2] > rewards[1]).any(), "frame_skip 2 must add the second step's reward"
+
+
+def test_step_reward_is_step_all_reward_flattened(parity):
+    """step_reward on the (state, action) pairs gives step_all_reward's numbers (one shared kernel)."""
+    task = "acrobot-swingup"
+    states, _, _, rewards = parity(task)
+    oracle = wmel_jax.make_oracle(task, frame_skip=2)
+    n, a = len(states), len(oracle.actions)
+    nxt, reward = oracle.step_reward(np.repeat(states, a, axis=0), np.tile(oracle.actions, (n, 1)))
+    assert nxt.shape == (n * a, oracle.obs_dim) and reward.shape == (n * a,)
+    np.testing.assert_array_equal(np.asarray(reward).reshape(n, a), np.asarray(oracle.step_all_reward(states)[1]))
+    assert np.abs(np.asarray(reward).reshape(n, a) - rewards[2]).max() <= F64_REWARD_TOL
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_step_matches_dm_control_and_step_all(parity, task):
     # The public step on every (state, action) pair, flattened as step_all
     # flattens them (so the compiled kernel is shared).
-    states, ref, _ = parity(task)
+    states, ref, _, _ = parity(task)
     oracle = wmel_jax.make_oracle(task)
     n, a = len(states), len(oracle.actions)
     out = np.asarray(oracle.step(np.repeat(states, a, axis=0), np.tile(oracle.actions, (n, 1)))).reshape(n, a, -1)
@@ -131,7 +173,7 @@ def test_general_mjx_path_matches_dm_control(parity, task):
     # The general path (MJX's own constraint solver, fwd_position,
     # fwd_acceleration and euler with LAPACK factorisations), taken by models
     # outside the fast cases, must match too.
-    states, ref, _ = parity(task)
+    states, ref, _, _ = parity(task)
     oracle = base.Oracle(wmel_jax.oracle.task_class(task), 1, "float64", solver="mjx", factor="lapack")
     fast = wmel_jax.make_oracle(task).physics
     assert (oracle.physics.solver, oracle.physics.factor) == ("mjx", "lapack")
@@ -166,7 +208,7 @@ def test_rollout_matches_dm_control(parity, task, frame_skip):
     rollouts within 1e-8 of cold-started dm_control, and within 1e-8 of stock
     dm_control wherever stock and cold-started dm_control agree.
     """
-    states, _, _ = parity(task)
+    states, _, _, _ = parity(task)
     states = states[:: len(states) // N_ROLLOUT][:N_ROLLOUT]  # resets, rollouts and stress states alike
     oracle = wmel_jax.make_oracle(task, frame_skip=frame_skip)
     seq = oracle.actions[np.random.default_rng(5).integers(len(oracle.actions), size=ROLLOUT_K)]

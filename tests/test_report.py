@@ -174,6 +174,39 @@ def test_table_lists_each_model_skipped_and_correlations(paired_report):
     assert "compile_s 1.235" in table
 
 
+def _decoderless(m_latent, rank, used):
+    """A cell of a model without a decoder: null observation-space metrics, the reasons, latent ones."""
+    why = "no observation decoder"
+    return {"m1_l2_onestep": None, "m2_l2_kstep": None, "m2_curve": None, "m3_action_agreement": None,
+            "m3_states_used": None, "m1_latent_onestep": m_latent, "m2_latent_kstep": 2 * m_latent,
+            "m2_latent_curve": [m_latent, 2 * m_latent], "reward_rank_agreement": rank,
+            "reward_rank_states_used": used,
+            "unavailable": {k: why for k in ("m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement")}}
+
+
+def test_table_and_report_for_models_without_a_decoder():
+    spaces = {"m1_l2_onestep": "observation", "m1_latent_onestep": "latent", "reward_rank_agreement": "reward"}
+    up = rp.make_cell("upstream.safetensors", _decoderless(0.25, 0.4, 140))
+    r = rp.build_report(CONFIG, [up], metric_spaces=spaces)
+    assert list(r)[3:5] == ["config", "metric_spaces"] and r["metric_spaces"] == spaces
+    assert r["cells"][0]["unavailable"]["m1_l2_onestep"] == "no observation decoder"
+    table = rp.format_table(r)
+    header = table.splitlines()[2]
+    # Nobody has the observation-space metrics: their columns are dropped, and the table says why.
+    assert "M1 one-step L2" not in header and "latent 1-step L2" in header and "reward tau-b" in header
+    assert "not available: M1 one-step L2, M2 k-step L2, M3 tau-b: no observation decoder" in table
+    assert "+0.400 (140/150)" in table and "0.250000" in table
+    assert "spaces: latent: latent 1-step L2; reward: reward tau-b" in table  # of the columns shown
+    # Beside a model that has them: a "-" in its row instead.
+    adapter = rp.make_cell("adapter.safetensors", _metrics(0.01, 0.5, m1_latent_onestep=0.3,
+                                                           unavailable={"reward_rank_agreement": "no reward head"}))
+    table = rp.format_table(rp.build_report(CONFIG, [adapter, up], metric_spaces=spaces))
+    header, adapter_row, up_row = table.splitlines()[2:5]
+    assert "M1 one-step L2" in header and "reward tau-b" in header
+    assert up_row.split()[1:4] == ["-", "-", "-"] and adapter_row.split()[-1] == "-"
+    assert "not available: reward tau-b: no reward head" in table
+
+
 def test_table_without_cells():
     table = rp.format_table(rp.build_report(CONFIG, [], skipped=[{"model": "x.pt", "reason": "no decoder"}]))
     assert "no cells evaluated" in table and "x.pt: no decoder" in table

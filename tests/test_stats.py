@@ -154,6 +154,15 @@ def test_within_env_correlation_groups_by_task_and_finds_every_metric():
     assert block["metrics"]["m1_latent_onestep"]["n_cells"] == 3  # c3 has none
 
 
+def test_curves_and_unavailable_maps_are_not_metrics():
+    # A decoder-less model's cell: its curve is null (not a list), and the reasons are a dict.
+    cell = _cell("u", "cartpole-swingup", 0.01, 0.5, 0.1, m2_latent_curve=None, reward_rank_agreement=0.2,
+                 reward_rank_states_used=3, unavailable={"m2_curve": "no observation decoder"})
+    cell["m2_curve"] = None
+    assert stats.metric_keys([cell]) == ["m1_l2_onestep", "m2_l2_kstep", "m3_action_agreement",
+                                         "reward_rank_agreement"]
+
+
 def test_pooled_m3_only_across_two_or_more_tasks():
     one_task = [_cell(f"c{i}", "cartpole-swingup", 0.01 * i, 0.1 * i, 0.1 * i) for i in range(4)]
     assert stats.pooled_m3_correlation(one_task) is None

@@ -1,20 +1,46 @@
-"""The main job: M1, M2 and M3 of world models against the oracle, over a whole state batch.
+"""The main job: the metrics of world models against the oracle, over a whole state batch.
 
 Pipeline (SPEC.md sections 5-6)::
 
     Problem  = task, frame_skip, precision, states (N, obs_dim),
                action set (A, action_dim), M2 action sequence (k, action_dim)
     targets  = the oracle's answers for the Problem, computed ONCE:
-               next_obs (N, A, obs_dim), scores (N, A), trajectory (k, N, obs_dim)
+               next_obs (N, A, obs_dim), scores (N, A), rewards (N, A),
+               trajectory (k, N, obs_dim)
     cell     = one model's metrics against those targets
+
+Each model gets every metric its networks support, in one kernel pass
+(:data:`METRIC_SPACES` says where each lives):
+
+- observation space (models with an observation decoder, the adapter schema):
+  M1 ``m1_l2_onestep``, M2 ``m2_l2_kstep`` / ``m2_curve``, M3
+  ``m3_action_agreement`` (SPEC section 6);
+- latent space (every model: all have an encoder and latent dynamics):
+  ``m1_latent_onestep`` = mean over (s, a) of ``|| next(encode(s), a) -
+  encode(O(s, a)) ||_2`` (TD-MPC2's own consistency target), and
+  ``m2_latent_kstep`` / ``m2_latent_curve``: ``z_{t+1} = next(z_t, a_t)``
+  rolled open loop from ``encode(s)`` (as TD-MPC2 plans) against ``encode`` of
+  the oracle's trajectory;
+- reward (models with a reward head, the upstream schema):
+  ``reward_rank_agreement``, per state the Kendall tau-b between the model's
+  ``reward(encode(s), a)`` and the task's true reward of the transition
+  (dm_control's, summed over the action repeat) over the action set, with M3's
+  masking and null rules.
 
 The oracle's outputs depend only on the Problem, so every checkpoint of a run
 reuses them. Both the oracle and the model kernels run over fixed-size chunks
 of states (the last chunk padded and masked), so memory is bounded for any N,
 time grows linearly with N, and each kernel compiles once per shape. The model
 kernel is cached per architecture: evaluating many checkpoints of one
-architecture compiles once. One-step predictions are shared by M1 and M3, and
-the encoder runs once per state, not once per action.
+architecture compiles once (a multitask model's task index is an argument,
+not a constant). The encoder runs once per state and the latent one-step
+predictions ``next(encode(s), a)`` are shared by the latent one-step error,
+the reward ranking, M1 and M3.
+
+Multitask models see what upstream's multitask wrapper gives them:
+observations zero-padded to the model's width, actions zero-padded and
+multiplied by the task's action mask (as TD-MPC2's planner masks every action
+it feeds the dynamics and reward heads), and the task index.
 """
 
 from __future__ import annotations
@@ -35,6 +61,7 @@ __all__ = [
     "DEFAULT_N_STATES",
     "DEFAULT_K_STEPS",
     "DEFAULT_CHUNK_STATES",
+    "METRIC_SPACES",
     "Problem",
     "OracleTargets",
     "make_problem",
@@ -42,6 +69,7 @@ __all__ = [
     "oracle_targets",
     "model_metrics",
     "check_model_fits",
+    "model_task_index",
 ]
 
 DEFAULT_N_STATES = 150
@@ -50,6 +78,22 @@ DEFAULT_K_STEPS = 10
 #: per-state cost: A one-step copies and one k-step rollout per state) while
 #: keeping calls few enough that dispatch overhead does not matter.
 DEFAULT_CHUNK_STATES = 4096
+
+#: Where each reported metric lives: "observation" (compares observations: needs
+#: an observation decoder), "latent" (compares the model's own latents: every
+#: model), "reward" (ranks predicted against true rewards: needs a reward head).
+METRIC_SPACES: dict[str, str] = {
+    "m1_l2_onestep": "observation",
+    "m2_l2_kstep": "observation",
+    "m2_curve": "observation",
+    "m3_action_agreement": "observation",
+    "m1_latent_onestep": "latent",
+    "m2_latent_kstep": "latent",
+    "m2_latent_curve": "latent",
+    "reward_rank_agreement": "reward",
+}
+_OBSERVATION_FIELDS = ("m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement", "m3_states_used")
+_REWARD_FIELDS = ("reward_rank_agreement", "reward_rank_states_used")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -103,13 +147,16 @@ class OracleTargets:
     next_obs: (N, A, obs_dim) O(s, a) for every state and action;
     scores: (N, A) the task score of each of those successors;
     trajectory: (k, N, obs_dim) the open-loop rollout of the action sequence;
-    timings: seconds spent compiling and running.
+    timings: seconds spent compiling and running;
+    rewards: (N, A) the task's reward of each transition (s, a), summed over
+    the frame_skip repeats.
     """
 
     next_obs: np.ndarray
     scores: np.ndarray
     trajectory: np.ndarray
     timings: Mapping[str, float]
+    rewards: np.ndarray
 
 
 def draw_action_sequence(key: jax.Array, actions: np.ndarray, k_steps: int) -> np.ndarray:
@@ -206,18 +253,18 @@ def _oracle_kernel(oracle: Any) -> Callable:
     """The oracle's answers for one chunk of states: one program per oracle configuration."""
 
     def kernel(states, actions, sequence):
-        next_obs = oracle.step_all(states, actions)  # (C, A, obs_dim)
+        next_obs, rewards = oracle.step_all_reward(states, actions)  # (C, A, obs_dim), (C, A)
         scores = oracle.score(next_obs.reshape(-1, next_obs.shape[-1])).reshape(next_obs.shape[:2])
-        return next_obs, scores, oracle.rollout(states, sequence)
+        return next_obs, scores, oracle.rollout(states, sequence), rewards
 
     return kernel
 
 
 def oracle_targets(problem: Problem, chunk_states: int = DEFAULT_CHUNK_STATES) -> OracleTargets:
-    """The oracle's next observations, their scores and the k-step trajectory, chunked.
+    """The oracle's next observations, their scores, the rewards and the k-step trajectory, chunked.
 
     Returns numpy arrays in the oracle's precision: next_obs (N, A, obs_dim),
-    scores (N, A), trajectory (k, N, obs_dim).
+    scores (N, A), rewards (N, A), trajectory (k, N, obs_dim).
     """
     from wmel_jax.oracle.base import compiler_options, precision_scope
 
@@ -227,6 +274,7 @@ def oracle_targets(problem: Problem, chunk_states: int = DEFAULT_CHUNK_STATES) -
     dtype = oracle.dtype
     next_obs = np.empty((n, problem.actions.shape[0], obs_dim), dtype)
     scores = np.empty((n, problem.actions.shape[0]), dtype)
+    rewards = np.empty((n, problem.actions.shape[0]), dtype)
     trajectory = np.empty((problem.k_steps, n, obs_dim), dtype)
     run_s = 0.0
     with precision_scope(problem.precision):
@@ -246,9 +294,12 @@ def oracle_targets(problem: Problem, chunk_states: int = DEFAULT_CHUNK_STATES) -
             next_obs[start:stop] = np.asarray(out[0])[:m]
             scores[start:stop] = np.asarray(out[1])[:m]
             trajectory[:, start:stop] = np.asarray(out[2])[:, :m]
-    for arr in (next_obs, scores, trajectory):
+            rewards[start:stop] = np.asarray(out[3])[:m]
+    for arr in (next_obs, scores, trajectory, rewards):
         arr.setflags(write=False)
-    return OracleTargets(next_obs, scores, trajectory, {"oracle_compile_s": compile_s, "oracle_run_s": run_s})
+    return OracleTargets(
+        next_obs, scores, trajectory, {"oracle_compile_s": compile_s, "oracle_run_s": run_s}, rewards=rewards
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -257,53 +308,137 @@ def oracle_targets(problem: Problem, chunk_states: int = DEFAULT_CHUNK_STATES) -
 
 
 def check_model_fits(model: Any, task: str) -> None:
-    """WmelError unless M1-M3 can judge the model on ``task``.
+    """WmelError unless the model can be judged on ``task``.
 
-    The observation and action widths must be the task's, and M1-M3 compare
-    observations, so the model needs an observation decoder.
+    A single-task model's observation and action widths must be the task's.
+    A multitask model must list ``task`` among its tasks, be at least as wide
+    as the task (its inputs are zero-padded, as upstream's multitask wrapper
+    pads them), and its action mask for the task, when it has one, must
+    enable exactly the task's action dimensions. Any model can be judged: the
+    latent metrics need only the encoder and the dynamics every model has;
+    the observation-space metrics (M1-M3) need a decoder and the reward
+    ranking a reward head, and are reported unavailable without them.
     """
+    model_task_index(model, task)
+
+
+def model_task_index(model: Any, task: str) -> int | None:
+    """The task index to feed ``model`` on ``task`` (None: single-task); WmelError if it does not fit."""
     from wmel_jax.oracle import task_class
 
     spec = task_class(task)
     arch = model.arch
-    if arch.obs_dim != spec.obs_dim or arch.action_dim != spec.action_dim:
+    if not arch.multitask:
+        if arch.obs_dim != spec.obs_dim or arch.action_dim != spec.action_dim:
+            raise WmelError(
+                f"model widths (obs_dim={arch.obs_dim}, action_dim={arch.action_dim}) do not fit "
+                f"{task} (obs_dim={spec.obs_dim}, action_dim={spec.action_dim})"
+            )
+        return None
+    names = model.task_names
+    if not names:
         raise WmelError(
-            f"model widths (obs_dim={arch.obs_dim}, action_dim={arch.action_dim}) do not fit "
-            f"{task} (obs_dim={spec.obs_dim}, action_dim={spec.action_dim})"
+            f"this multitask model ({arch.num_tasks} tasks) has no task list, so the index of {task} is unknown"
         )
+    if task not in names:
+        raise WmelError(f"{task} is not one of this multitask model's {len(names)} tasks")
+    index = names.index(task)
+    if spec.obs_dim > arch.obs_dim or spec.action_dim > arch.action_dim:
+        raise WmelError(
+            f"{task} (obs_dim={spec.obs_dim}, action_dim={spec.action_dim}) is wider than this multitask "
+            f"model (obs_dim={arch.obs_dim}, action_dim={arch.action_dim})"
+        )
+    masks = model.action_masks
+    if masks is not None:
+        active = np.flatnonzero(np.asarray(masks[index]) != 0)
+        if active.tolist() != list(range(spec.action_dim)):
+            raise WmelError(
+                f"this multitask model's action mask for {task} (task {index}) enables action dimensions "
+                f"{active.tolist()}, but {task} has action_dim {spec.action_dim}"
+            )
+    return index
+
+
+def _unavailable(arch: Any) -> dict[str, str]:
+    """Metric -> why this architecture cannot have it (empty: it has them all)."""
+    out: dict[str, str] = {}
     if not arch.has_decoder:
-        raise WmelError(
-            "the model has no observation decoder, which M1/M2/M3 need (it predicts latents only); "
-            f"it has: {', '.join(arch.heads())}"
-        )
+        why = "no observation decoder (the model predicts latents only; see the latent-space metrics)"
+        out.update({k: why for k in ("m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement")})
+    if not arch.has_reward:
+        out["reward_rank_agreement"] = "no reward head"
+    return out
 
 
 @functools.lru_cache(maxsize=None)
 def _model_kernel(arch: Any, score_fn: Callable) -> Callable:
-    """The model's M1/M2/M3 sums for one chunk of states, for one architecture.
+    """Every metric the architecture supports, as chunk sums, for one chunk of states.
 
-    Pure in (params, chunk arrays), so one compilation serves every checkpoint of
-    the architecture.
+    Pure in (params, task index, chunk arrays), so one compilation serves every
+    checkpoint of the architecture (and every task of a multitask one). Returns
+    a dict of :class:`~wmel_jax.metrics.SumCount`: ``m1_latent``,
+    ``m2_latent`` always; ``reward_rank`` with a reward head; ``m1``, ``m2``,
+    ``m3`` with an observation decoder.
     """
-    from wmel_jax.model import decode, encode, next_latent, predict
+    from wmel_jax.model import decode, encode, next_latent, predict, reward
 
-    def kernel(params, states, valid, actions, sequence, true_next, true_scores, true_traj):
+    def model_obs(obs):
+        """(..., task obs_dim) -> (..., arch.obs_dim) float32: zero-padded for a multitask model."""
+        obs = obs.astype(jnp.float32)
+        if obs.shape[-1] < arch.obs_dim:
+            obs = jnp.pad(obs, [(0, 0)] * (obs.ndim - 1) + [(0, arch.obs_dim - obs.shape[-1])])
+        return obs
+
+    def model_action(params, task, action):
+        """(..., task action_dim) -> (..., arch.action_dim): zero-padded and masked as upstream's planner."""
+        action = action.astype(jnp.float32)
+        if action.shape[-1] < arch.action_dim:
+            action = jnp.pad(action, [(0, 0)] * (action.ndim - 1) + [(0, arch.action_dim - action.shape[-1])])
+        if arch.has_action_masks:
+            action = action * jnp.take(params["action_masks"], task, axis=0)
+        return action
+
+    def kernel(params, task, states, valid, actions, sequence, true_next, true_scores, true_rewards, true_traj):
         n, a = states.shape[0], actions.shape[0]
-        z = encode(arch, params, states)  # (C, latent): once per state
+        k = sequence.shape[0]
+        act = model_action(params, task, actions)  # (A, model action_dim)
+        seq = model_action(params, task, sequence)  # (k, model action_dim)
+        z = encode(arch, params, model_obs(states), task)  # (C, latent): once per state
         z_rep = jnp.repeat(z, a, axis=0)  # (C*A, latent), state-major
-        act_rep = jnp.tile(actions, (n, 1))  # (C*A, action_dim)
-        pred_next = decode(arch, params, next_latent(arch, params, z_rep, act_rep))
-        m1 = M.one_step_l2_sum(pred_next.reshape(n, a, -1), true_next, valid)
-        pred_scores = jax.vmap(score_fn)(pred_next.astype(true_scores.dtype)).reshape(n, a)
-        m3 = M.action_ranking_agreement(true_scores, pred_scores, valid)
+        act_rep = jnp.tile(act, (n, 1))  # (C*A, action_dim)
+        z_next = next_latent(arch, params, z_rep, act_rep, task)  # shared by every one-step metric
+        out = {}
 
-        def step(obs, action):
-            nxt = predict(arch, params, obs, jnp.broadcast_to(action, (n, action.shape[0])))
-            return nxt, nxt
+        # Latent one-step: against the encoder's view of the oracle's successors.
+        z_true_next = encode(arch, params, model_obs(true_next.reshape(n * a, -1)), task)
+        out["m1_latent"] = M.one_step_l2_sum(z_next.reshape(n, a, -1), z_true_next.reshape(n, a, -1), valid)
 
-        _, traj = jax.lax.scan(step, states.astype(jnp.float32), sequence)  # (k, C, obs_dim)
-        m2 = M.kstep_l2_curve_sum(traj, true_traj, valid)
-        return m1, m2, m3
+        # Latent k-step: the latent rolled open loop, as TD-MPC2 plans.
+        def latent_step(zt, action):
+            zt = next_latent(arch, params, zt, jnp.broadcast_to(action, (n, action.shape[0])), task)
+            return zt, zt
+
+        _, z_traj = jax.lax.scan(latent_step, z, seq)  # (k, C, latent)
+        z_true_traj = encode(arch, params, model_obs(true_traj.reshape(k * n, -1)), task).reshape(k, n, -1)
+        out["m2_latent"] = M.kstep_l2_curve_sum(z_traj, z_true_traj, valid)
+
+        if arch.has_reward:
+            pred_rewards = reward(arch, params, z_rep, act_rep, task).reshape(n, a)
+            out["reward_rank"] = M.action_ranking_agreement(true_rewards, pred_rewards.astype(true_rewards.dtype), valid)
+
+        if arch.has_decoder:
+            pred_next = decode(arch, params, z_next)
+            out["m1"] = M.one_step_l2_sum(pred_next.reshape(n, a, -1), true_next, valid)
+            pred_scores = jax.vmap(score_fn)(pred_next.astype(true_scores.dtype)).reshape(n, a)
+            out["m3"] = M.action_ranking_agreement(true_scores, pred_scores, valid)
+
+            def step(obs, action):
+                nxt = predict(arch, params, obs, jnp.broadcast_to(action, (n, action.shape[0])), task)
+                return nxt, nxt
+
+            _, traj = jax.lax.scan(step, states.astype(jnp.float32), seq)  # (k, C, obs_dim)
+            out["m2"] = M.kstep_l2_curve_sum(traj, true_traj, valid)
+        return out
 
     return kernel
 
@@ -314,12 +449,19 @@ def model_metrics(
     targets: OracleTargets,
     chunk_states: int = DEFAULT_CHUNK_STATES,
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """M1, M2 (with its curve) and M3 of one model on a problem; (metrics, timings).
+    """Every metric the model supports on a problem; (metrics, timings).
 
-    metrics: m1_l2_onestep, m2_l2_kstep, m2_curve (k,), m3_action_agreement
-    (None when no state has a defined tau-b), m3_states_used. Unrounded.
+    metrics (unrounded), each field present for every model:
+    observation space: m1_l2_onestep, m2_l2_kstep, m2_curve (k,),
+    m3_action_agreement (None when no state has a defined tau-b),
+    m3_states_used; latent space: m1_latent_onestep, m2_latent_kstep,
+    m2_latent_curve (k,); reward: reward_rank_agreement (None when no state
+    has a defined tau-b), reward_rank_states_used. A metric the model cannot
+    have (no decoder: the observation-space ones; no reward head: the reward
+    ranking) is None, with its states-used count, and ``unavailable`` maps it
+    to the reason.
     """
-    check_model_fits(model, problem.task)
+    task = model_task_index(model, problem.task)
     oracle = problem.oracle()
     kernel = _model_kernel(model.arch, oracle.physics.task.score)
     n = problem.n_states
@@ -327,6 +469,7 @@ def model_metrics(
     f32 = jnp.float32
     actions = jnp.asarray(problem.actions, f32)
     sequence = jnp.asarray(problem.action_sequence, f32)
+    task_arg = None if task is None else jnp.asarray(task, jnp.int32)
     valid_full = np.ones(size, bool)
 
     def chunk_args(start: int, stop: int) -> tuple:
@@ -334,17 +477,19 @@ def model_metrics(
         valid[stop - start :] = False
         return (
             model.params,
+            task_arg,
             jnp.asarray(_padded(problem.states, start, stop, size)),
             jnp.asarray(valid),
             actions,
             sequence,
             jnp.asarray(_padded(targets.next_obs, start, stop, size)),
             jnp.asarray(_padded(targets.scores, start, stop, size)),
+            jnp.asarray(_padded(targets.rewards, start, stop, size)),
             jnp.asarray(np.swapaxes(_padded(np.swapaxes(targets.trajectory, 0, 1), start, stop, size), 0, 1)),
         )
 
     compiled, compile_s = _compiled(kernel, chunk_args(0, min(size, n)))
-    parts: list[tuple] = []
+    parts: list[dict] = []
     run_s = 0.0
     for start, stop in _chunks(n, size):
         args = chunk_args(start, stop)
@@ -352,16 +497,27 @@ def model_metrics(
         out = jax.block_until_ready(compiled(*args))
         run_s += time.perf_counter() - t0
         parts.append(out)
-    m1, _ = M.mean_or_none(M.combine_sums(*(p[0] for p in parts)))
-    curve, _ = M.mean_or_none(M.combine_sums(*(p[1] for p in parts)))
-    m3, m3_used = M.mean_or_none(M.combine_sums(*(p[2] for p in parts)))
-    result = {
-        "m1_l2_onestep": m1,
-        "m2_l2_kstep": curve[-1],
-        "m2_curve": curve,
-        "m3_action_agreement": m3,
-        "m3_states_used": m3_used,
-    }
+
+    def combined(name: str) -> tuple[Any, int]:
+        return M.mean_or_none(M.combine_sums(*(p[name] for p in parts)))
+
+    m1_latent, _ = combined("m1_latent")
+    latent_curve, _ = combined("m2_latent")
+    result: dict[str, Any] = dict.fromkeys(_OBSERVATION_FIELDS)
+    if "m1" in parts[0]:
+        m1, _ = combined("m1")
+        curve, _ = combined("m2")
+        m3, m3_used = combined("m3")
+        result.update(m1_l2_onestep=m1, m2_l2_kstep=curve[-1], m2_curve=curve, m3_action_agreement=m3,
+                      m3_states_used=m3_used)
+    result.update(m1_latent_onestep=m1_latent, m2_latent_kstep=latent_curve[-1], m2_latent_curve=latent_curve)
+    result.update(dict.fromkeys(_REWARD_FIELDS))
+    if "reward_rank" in parts[0]:
+        rank, rank_used = combined("reward_rank")
+        result.update(reward_rank_agreement=rank, reward_rank_states_used=rank_used)
+    unavailable = _unavailable(model.arch)
+    if unavailable:
+        result["unavailable"] = unavailable
     return result, {"model_compile_s": compile_s, "model_run_s": run_s}
 
 

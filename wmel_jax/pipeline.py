@@ -160,14 +160,22 @@ def run_eval(
     # The run's task: --env, else the task recorded at conversion.
     from wmel_jax.oracle import list_tasks
 
+    supported = ", ".join(list_tasks())
     task = opts.env
     if task is None:
         recorded = [(name, m.task) for _, name, m in loaded if m.task]
         if not recorded:
-            raise WmelError(f"no task recorded in the model file(s): pass --env (one of {', '.join(list_tasks())})")
+            multitask = [(name, m) for _, name, m in loaded if m.multitask]
+            if multitask:
+                name, m = multitask[0]
+                raise WmelError(
+                    f"{name} is a multitask model ({m.arch.num_tasks} tasks) and no task was chosen: "
+                    f"pass --env TASK (the oracle supports {supported})"
+                )
+            raise WmelError(f"no task recorded in the model file(s): pass --env (one of {supported})")
         task = recorded[0][1]
     if task not in list_tasks():
-        raise WmelError(f"unknown task {task!r}; known tasks: {', '.join(list_tasks())}")
+        raise WmelError(f"unknown task {task!r}: the oracle supports {supported}")
 
     from wmel_jax.downstream import pair_downstream
 
@@ -176,9 +184,17 @@ def run_eval(
     fitting = []
     for i, name, model in loaded:
         try:
-            if model.task is not None and model.task != task and not model.multitask:
+            converted_for = model.task is not None and model.task != task
+            try:
+                check_model_fits(model, task)
+            except WmelError as e:
+                if converted_for and not model.multitask:
+                    raise WmelError(f"{e} (it was converted for {model.task})") from None
+                raise
+            if opts.env is None and model.multitask and model.task is None:
+                raise WmelError(f"multitask model ({model.arch.num_tasks} tasks) with no task chosen: pass --env")
+            if converted_for and (not model.multitask or opts.env is None):
                 raise WmelError(f"it was converted for {model.task}, not {task}")
-            check_model_fits(model, task)
         except WmelError as e:
             skip(name, str(e))
         else:
@@ -188,8 +204,12 @@ def run_eval(
     # them); a model that disagrees with the run's is skipped, not silently mixed.
     frame_skip = next((m.frame_skip for _, _, m in fitting), 1)
     actions = explicit_actions
+    action_source = f"file: {opts.actions}" if opts.actions else None
     if actions is None:
         actions = next((m.action_set for _, _, m in fitting if m.action_set is not None), None)
+        action_source = "the checkpoint's" if actions is not None else (
+            "the task's default set (the checkpoints have a continuous action space)"
+        )
     kept = []
     for i, name, model in fitting:
         if model.frame_skip != frame_skip:
@@ -257,9 +277,12 @@ def run_eval(
         "precision": problem.precision,
         "action_set": problem.actions,
         "action_sequence": problem.action_sequence,
+        "action_set_source": action_source,
         "states": "file: " + str(opts.states) if opts.states else "sampled (seeded random-action rollouts)",
     }
-    report = build_report(config, cells, skipped, timings)
+    from wmel_jax.evaluate import METRIC_SPACES
+
+    report = build_report(config, cells, skipped, timings, metric_spaces=METRIC_SPACES)
 
     # Outputs last, each atomic: an error above leaves none of them behind.
     if opts.save_states:

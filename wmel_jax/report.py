@@ -4,8 +4,10 @@ Layout (values rounded to 6 decimals here and only here; undefined is null)::
 
     schema_version, wmel_jax_version, generated_at (UTC ISO 8601),
     config   {env, n_states, k_steps, seed, frame_skip, precision, action_set, action_sequence, ...},
+    metric_spaces {metric: "observation" | "latent" | "reward"}   (when given)
     cells    [{model, env, m1_l2_onestep, m2_l2_kstep, m2_curve, m3_action_agreement,
                m3_states_used, <more metric fields>,
+               unavailable {metric: reason}   (metrics the model cannot have: null),
                and when paired: gap, verdict, model_size, seed,
                context {downstream_json, environment, oracle_success_rate,
                         learned_success_rate, training_steps}}],
@@ -133,12 +135,15 @@ def build_report(
     bootstrap_seed: int = 0,
     confidence: float = 0.95,
     generated_at: _dt.datetime | None = None,
+    metric_spaces: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The report dict, JSON-ready: plain Python values, floats rounded, undefined as None.
 
     config: the CONFIG_KEYS fields (more are kept after them). cells: from
     :func:`make_cell`; a cell without ``env`` gets ``config["env"]``.
     skipped: [{model, reason}]. timings: seconds by name (compile_s, run_s...).
+    metric_spaces: {metric: space} (where each metric lives), written after
+    ``config`` when given.
     Correlations with the gap (``within_env_correlation``, and
     ``pooled_m3_correlation`` when paired cells span several tasks) are
     computed from the unrounded values.
@@ -170,6 +175,7 @@ def build_report(
         "wmel_jax_version": __version__,
         "generated_at": when.astimezone(_dt.timezone.utc).isoformat(timespec="seconds"),
         "config": plain_config,
+        **({"metric_spaces": _plain(dict(metric_spaces))} if metric_spaces is not None else {}),
         "cells": plain_cells,
         "within_env_correlation": within,
         "pooled_m3_correlation": pooled,
@@ -197,7 +203,19 @@ def _metric_header(key: str) -> str:
         "m1_l2_onestep": "M1 one-step L2",
         "m2_l2_kstep": "M2 k-step L2",
         "m3_action_agreement": "M3 tau-b",
+        "m1_latent_onestep": "latent 1-step L2",
+        "m2_latent_kstep": "latent k-step L2",
+        "reward_rank_agreement": "reward tau-b",
     }.get(key, key)
+
+
+#: Rank-agreement metrics and the count of states their mean is over.
+_STATES_USED = {
+    "m3_action_agreement": "m3_states_used",
+    "reward_rank_agreement": "reward_rank_states_used",
+}
+#: Shown in the table for a metric the model cannot have (null, listed under ``unavailable``).
+UNAVAILABLE_MARK = "-"
 
 
 def _columns(rows: list[list[str]], right: Sequence[bool]) -> list[str]:
@@ -232,16 +250,27 @@ def format_table(report: Mapping[str, Any]) -> str:
     ]
     cells = list(report.get("cells", []))
     if cells:
-        keys = metric_keys(cells)
+        # A column no cell can have (all decoder-less, say) is left out; the note below says why.
+        keys = [k for k in metric_keys(cells) if not all(k in (c.get("unavailable") or {}) for c in cells)]
+        hidden = {
+            k: cells[0]["unavailable"][k]
+            for k in metric_keys(cells)
+            if k not in keys
+        }
         paired = any("gap" in c for c in cells)
         header = ["model", *(_metric_header(k) for k in keys)] + (["gap"] if paired else [])
         rows = [header]
+        notes: dict[str, list[str]] = {}
         for c in cells:
             row = [str(c.get("model"))]
+            unavailable = c.get("unavailable") or {}
             for k in keys:
                 v = c.get(k)
-                if k == "m3_action_agreement":
-                    used = c.get("m3_states_used")
+                if k in unavailable:
+                    row.append(UNAVAILABLE_MARK)
+                    notes.setdefault(unavailable[k], []).append(_metric_header(k))
+                elif k in _STATES_USED:
+                    used = c.get(_STATES_USED[k])
                     row.append(f"{_num(v, '+.3f')} ({used}/{n_states})")
                 else:
                     row.append(_num(v, ".6f"))
@@ -249,6 +278,17 @@ def format_table(report: Mapping[str, Any]) -> str:
                 row.append(_num(c.get("gap"), "+.2f") if "gap" in c else "-")
             rows.append(row)
         lines += ["", *_columns(rows, [False] + [True] * (len(header) - 1))]
+        for k, reason in hidden.items():
+            notes.setdefault(reason, []).append(_metric_header(k))
+        for reason, metrics in notes.items():
+            lines.append(f"not available: {', '.join(dict.fromkeys(metrics))}: {reason}")
+        spaces = report.get("metric_spaces") or {}
+        shown = [k for k in keys if k in spaces]
+        if shown:
+            by_space: dict[str, list[str]] = {}
+            for k in shown:
+                by_space.setdefault(spaces[k], []).append(_metric_header(k))
+            lines.append("spaces: " + "; ".join(f"{space}: {', '.join(m)}" for space, m in by_space.items()))
     else:
         lines += ["", "no cells evaluated"]
 

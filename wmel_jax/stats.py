@@ -183,13 +183,14 @@ def metric_keys(cells: Iterable[Mapping[str, Any]]) -> list[str]:
     A metric is a top-level scalar field (a number, or None where undefined)
     that is not a descriptor (model, env, seed, model_size, gap, verdict) nor a
     count (``*_states_used``), so metrics added later (latent-space ones, say)
-    are correlated without code changes. Curves (lists), strings and the
-    ``context`` dict are not metrics.
+    are correlated without code changes. Curves (lists, or None where a model
+    cannot have one: ``*_curve``), strings and the ``context`` and
+    ``unavailable`` dicts are not metrics.
     """
     keys: set[str] = set()
     for cell in cells:
         for k, v in cell.items():
-            if k in _DESCRIPTOR_KEYS or k.endswith("_states_used"):
+            if k in _DESCRIPTOR_KEYS or k.endswith("_states_used") or k.endswith("_curve"):
                 continue
             if _is_number(v) or v is None:
                 keys.add(k)

@@ -1,11 +1,12 @@
-"""``wmel-jax eval``: M1, M2, M3 of one or many world models against the MJX oracle."""
+"""``wmel-jax eval``: the metrics of one or many world models against the MJX oracle."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-HELP = "evaluate world models (M1 one-step error, M2 k-step divergence, M3 action-ranking agreement)"
+HELP = ("evaluate world models (M1 one-step error, M2 k-step divergence, M3 action-ranking agreement; "
+        "latent one-step and k-step errors, reward-ranking agreement)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,13 +17,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="converted model file(s) (wmel-jax convert), or torch .pt checkpoints (converted on the fly "
         "when torch is installed)",
     )
-    parser.add_argument("--env", metavar="TASK", help="task (default: the task recorded at conversion)")
+    parser.add_argument(
+        "--env", metavar="TASK",
+        help="task (default: the task recorded at conversion); picks the task of a multitask model",
+    )
     parser.add_argument("--n-states", type=int, default=150, metavar="N", help="sampled states (default 150)")
     parser.add_argument("--k-steps", type=int, default=10, metavar="K", help="M2 horizon (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the state sample and M2's actions (default 0)")
     parser.add_argument("--states", metavar="F.npy", help="evaluate on these observations (N, obs_dim) instead of sampling")
     parser.add_argument("--action-sequence", metavar="F.npy", help="M2's actions (k, action_dim) instead of drawing them")
-    parser.add_argument("--actions", metavar="F.npy", help="the action set (A, action_dim) (default: the checkpoint's, else the task's)")
+    parser.add_argument("--actions", metavar="F.npy", help="the action set (A, action_dim) (default: the checkpoint's, else the task's; "
+                        "upstream checkpoints have none)")
     parser.add_argument("--save-states", metavar="F.npy", help="write the evaluated states, to rerun exactly with --states")
     parser.add_argument(
         "--downstream", nargs="+", metavar="F.json",

@@ -1,8 +1,10 @@
 """MJX oracles for DMC tasks, physics identical to dm_control.
 
 ``make_oracle(task)`` returns an :class:`~wmel_jax.oracle.base.Oracle` with
-batched ``step``, ``step_all``, ``rollout``, ``score`` and ``reset``. Adding a
-task: one module defining a ``TaskDef`` subclass, and one line in ``_REGISTRY``.
+batched ``step``, ``step_all``, ``step_reward`` / ``step_all_reward`` (with
+dm_control's task reward, summed over the action repeat), ``rollout``,
+``score`` and ``reset``. Adding a task: one module defining a ``TaskDef``
+subclass (observation, score, reward, reset), and one line in ``_REGISTRY``.
 """
 
 from __future__ import annotations

@@ -3,6 +3,11 @@
 Observation (6): ``orientations`` = world-frame xz of upper_arm and lower_arm
 (sines), then their zz (cosines), from the bodies' ``xmat``; then qvel
 (shoulder, elbow). Model: acrobot.xml, RK4, dt 0.01, constraints disabled.
+
+Reward (``Balance._get_reward``, smooth: swingup is not sparse):
+``tolerance(|| site_xpos[target] - site_xpos[tip] ||, bounds=(0, r), margin=1)``
+(gaussian, 0.1 one margin out), r the target site's radius (0.2): 1 when the
+tip is within the target sphere, decaying smoothly with the distance outside.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wmel_jax.oracle.base import TaskDef
+from wmel_jax.oracle.rewards import tolerance
 
 __all__ = ["AcrobotSwingup"]
 
@@ -27,10 +33,20 @@ class AcrobotSwingup(TaskDef):
 
     upper_body: int
     lower_body: int
+    tip_site: int
+    target_site: int
+    target_radius: float
 
     @classmethod
     def from_model(cls, model) -> "AcrobotSwingup":
-        return cls(upper_body=model.body("upper_arm").id, lower_body=model.body("lower_arm").id)
+        target = model.site("target")
+        return cls(
+            upper_body=model.body("upper_arm").id,
+            lower_body=model.body("lower_arm").id,
+            tip_site=model.site("tip").id,
+            target_site=target.id,
+            target_radius=float(target.size[0]),
+        )
 
     def default_actions(self) -> np.ndarray:
         return np.array([[-1.0], [-0.5], [0.0], [0.5], [1.0]])
@@ -47,6 +63,11 @@ class AcrobotSwingup(TaskDef):
 
     def score(self, obs):
         return -(obs[2] + obs[3])  # minus the tip's height (both arms 1 long)
+
+    def reward(self, data, aux):
+        tip_to_target = data.site_xpos[self.target_site] - data.site_xpos[self.tip_site]
+        dist = jnp.sqrt(jnp.sum(tip_to_target * tip_to_target))
+        return tolerance(dist, bounds=(0.0, self.target_radius), margin=1.0)
 
     def reset(self, key, dtype):
         # Balance.initialize_episode: shoulder and elbow U(-pi, pi); qvel stays

@@ -6,6 +6,9 @@ One oracle step, batched over N states in one jit kernel::
         --forward (kinematics at obs' qpos: task.aux_from_obs, e.g. reacher's target)
         --integrate, then (forward, integrate) x (frame_skip - 1)
         --kinematics--> task.obs_from_data --> next_obs (N, obs_dim)
+    reward (N,) = sum over the frame_skip physics steps of task.reward on the
+        state after the step (its kinematics from the next forward pass, the
+        last from the final kinematics), as dm_control computes it per env.step
 
 The physics is MuJoCo's, stage by stage from MJX (``fwd_position``,
 ``fwd_velocity``, ``fwd_actuation``, ``fwd_acceleration``, the constraint
@@ -194,6 +197,16 @@ class TaskDef:
         """The M3 score of one observation (lower is better), a scalar."""
         raise NotImplementedError
 
+    def reward(self, data, aux: jax.Array) -> jax.Array:
+        """dm_control's task reward of one state, a scalar.
+
+        ``data``: mjx.Data with kinematics current (the state after a physics
+        step) and ``ctrl`` the action being held; ``aux`` (aux_dim,). dm_control
+        computes the reward once per ``env.step``, after the physics step;
+        :meth:`Physics.hold_reward` sums it over the action repeat.
+        """
+        raise NotImplementedError
+
     def reset(self, key: jax.Array, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
         """dm_control's ``initialize_episode`` distribution: key -> qpos, qvel, aux."""
         raise NotImplementedError
@@ -318,6 +331,10 @@ class Physics:
     def observe(self, d, aux: jax.Array) -> jax.Array:
         """Data batch with kinematics current, aux -> obs (N, obs_dim)."""
         return jax.vmap(self.task.obs_from_data)(d, aux)
+
+    def reward(self, d, aux: jax.Array) -> jax.Array:
+        """Data batch with kinematics current (ctrl the held action), aux -> task reward (N,)."""
+        return jax.vmap(self.task.reward)(d, aux)
 
     def reset(self, keys: jax.Array):
         """keys (N,) -> (Data batch with kinematics, aux) from the task's reset distribution."""
@@ -516,6 +533,29 @@ class Physics:
         d = self.integrate(d)
         d, _ = jax.lax.scan(lambda x, _: (self.integrate(self.forward(x)), None), d, None, length=frame_skip - 1)
         return d
+
+    def hold_reward(self, d, aux: jax.Array, frame_skip: int):
+        """:meth:`hold`, also returning the task reward summed over the frame_skip physics steps.
+
+        dm_control computes the reward once per ``env.step``, after its
+        physics step; TD-MPC2's DMC wrapper repeats the action and sums those
+        rewards (``reward += step.reward``). The state after every physics
+        step but the last is forwarded by the next step anyway, so its
+        kinematics come for free; the caller refreshes the last state's
+        (see :meth:`Oracle.step_reward`). Returns (new state, not forwarded;
+        (N,) sum of the rewards after steps 1..frame_skip-1).
+        """
+        d = self.integrate(d)
+
+        def body(x, _):
+            x = self.forward(x)  # the kinematics of the state this step starts from
+            return self.integrate(x), self.reward(x, aux)
+
+        d, rewards = jax.lax.scan(body, d, None, length=frame_skip - 1)  # (frame_skip - 1, N)
+        total = jnp.zeros(rewards.shape[1:], rewards.dtype)
+        for i in range(frame_skip - 1):  # in order, as the wrapper adds them (frame_skip is static and small)
+            total = total + rewards[i]
+        return d, total
 
     def scan_observe(self, d, aux: jax.Array, ctrls: jax.Array, frame_skip: int) -> jax.Array:
         """Open-loop trajectory observations: ctrls (k, N, nu) -> (k, N, obs_dim).
@@ -746,6 +786,15 @@ class Oracle:
 
     def step(self, obs: Any, action: Any) -> jax.Array:
         """Next observations: obs (N, obs_dim), action (N, action_dim) -> (N, obs_dim)."""
+        return self.step_reward(obs, action)[0]
+
+    def step_reward(self, obs: Any, action: Any) -> tuple[jax.Array, jax.Array]:
+        """Next observations and the task reward of each transition.
+
+        obs (N, obs_dim), action (N, action_dim) -> (next_obs (N, obs_dim),
+        reward (N,)). The reward is dm_control's ``env.step(action).reward``
+        summed over the frame_skip repeats, as TD-MPC2's DMC wrapper sums it.
+        """
         with precision_scope(self.precision):
             obs = self._check(obs, "state", "state")
             action = self._check(action, "action", "action")
@@ -758,13 +807,21 @@ class Oracle:
 
         ``actions`` defaults to the oracle's default action set.
         """
+        return self.step_all_reward(obs, actions)[0]
+
+    def step_all_reward(self, obs: Any, actions: Any = None) -> tuple[jax.Array, jax.Array]:
+        """Every action from every state, with rewards: -> ((N, A, obs_dim), (N, A)).
+
+        obs (N, obs_dim), actions (A, action_dim) (default: the oracle's
+        default action set). Rewards as :meth:`step_reward`.
+        """
         with precision_scope(self.precision):
             obs = self._check(obs, "state", "state")
             actions = self._check(self.actions if actions is None else actions, "action", "action")
             n, a = obs.shape[0], actions.shape[0]
             # The pairs go through the step kernel itself (shared compile, same numbers as step).
-            nxt = self._run("step", jnp.repeat(obs, a, axis=0), jnp.tile(actions, (n, 1)))
-            return nxt.reshape(n, a, self.obs_dim)
+            nxt, reward = self._run("step", jnp.repeat(obs, a, axis=0), jnp.tile(actions, (n, 1)))
+            return nxt.reshape(n, a, self.obs_dim), reward.reshape(n, a)
 
     def rollout(self, obs: Any, action_seq: Any) -> jax.Array:
         """Open-loop k-step trajectories with one shared action sequence.
@@ -798,12 +855,15 @@ class Oracle:
         return (nested if traced else top_level)(*args)
 
     def _step_impl(self, obs, action):
+        """(next_obs (N, obs_dim), reward (N,)): one kernel for step, step_all and their rewards."""
         p = self._physics
 
         def step(obs, action):
             d = p.start(p.state(obs), action)
             aux = p.aux(obs, d)  # the forward pass computed the kinematics at obs' qpos
-            return p.observe(p.kinematics(p.hold(d, self.frame_skip)), aux)
+            d, reward = p.hold_reward(d, aux, self.frame_skip)
+            d = p.kinematics(d)
+            return p.observe(d, aux), reward + p.reward(d, aux)  # the last step's reward added last
 
         return map_chunks(step, (obs, action), self._chunk)
 

@@ -4,6 +4,16 @@ Observation (5): cart_x, cos(theta), sin(theta), cart_v, theta_dot, where
 cos/sin are the pole body's world rotation entries ``xmat`` zz and xz
 (``Physics.bounded_position``). Model: cartpole.xml, RK4, dt 0.01, slider
 limited to [-1.8, 1.8].
+
+Reward (``Balance._get_reward``, smooth: swingup is not sparse), in [0, 1]::
+
+    upright        = (cos(theta) + 1) / 2
+    centered       = (1 + tolerance(cart_x, margin=2)) / 2
+    small_control  = (4 + tolerance(ctrl, margin=1, value_at_margin=0, sigmoid="quadratic")) / 5
+    small_velocity = (1 + tolerance(theta_dot, margin=5)) / 2
+    reward         = upright * small_control * small_velocity * centered
+
+``ctrl`` is ``physics.control()``, the action being held (``data.ctrl``).
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wmel_jax.oracle.base import TaskDef
+from wmel_jax.oracle.rewards import tolerance
 
 __all__ = ["CartpoleSwingup"]
 
@@ -45,6 +56,14 @@ class CartpoleSwingup(TaskDef):
 
     def score(self, obs):
         return -obs[1]  # -cos(theta): the pole upright scores lowest
+
+    def reward(self, data, aux):
+        upright = (data.xmat[self.pole_body, 2, 2] + 1) / 2  # pole_angle_cosine: xmat zz
+        centered = (1 + tolerance(data.qpos[0], margin=2)) / 2
+        small_control = tolerance(data.ctrl[0], margin=1, value_at_margin=0, sigmoid="quadratic")
+        small_control = (4 + small_control) / 5
+        small_velocity = (1 + tolerance(data.qvel[1], margin=5)) / 2  # .min() over the one pole
+        return upright * small_control * small_velocity * centered  # dm_control's order of products
 
     def reset(self, key, dtype):
         # Balance(swing_up=True).initialize_episode: cart 0.01 N(0,1), pole

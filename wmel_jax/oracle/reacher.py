@@ -5,6 +5,12 @@ Observation (6): qpos (shoulder, wrist), to_target = target_xy - finger_xy
 physics state: the oracle carries target_xy = finger_xy(qpos) + to_target
 through a step. Model: reacher.xml, Euler, dt 0.02, contacts disabled,
 joint damping 0.01, wrist limited to +-160 degrees.
+
+Reward (``Reacher.get_reward``): 1 when the finger-to-target distance
+``|| target_xy - finger_xy ||`` is at most the sum of the two spheres' radii
+(``tolerance(dist, (0, radii))``, margin 0: a hard indicator), else 0. The
+easy task sets the target's radius to 0.05 at every reset (``_BIG_TARGET``;
+the XML's value is not used); the finger's radius is the model's (0.01).
 """
 
 from __future__ import annotations
@@ -17,8 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from wmel_jax.oracle.base import TaskDef
+from wmel_jax.oracle.rewards import tolerance
 
 __all__ = ["ReacherEasy"]
+
+#: dm_control suite.reacher._BIG_TARGET: the target radius of reacher-easy.
+EASY_TARGET_SIZE = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,13 +41,17 @@ class ReacherEasy(TaskDef):
 
     finger_geom: int
     wrist_range: tuple[float, float]
+    radii: float  # target radius + finger radius: the reward's bound on the distance
 
     @classmethod
     def from_model(cls, model) -> "ReacherEasy":
         wrist = model.joint("wrist")
+        finger = model.geom("finger")
         return cls(
-            finger_geom=model.geom("finger").id,
+            finger_geom=finger.id,
             wrist_range=(float(wrist.range[0]), float(wrist.range[1])),
+            # As dm_control sums geom_size[['target', 'finger'], 0] (numpy, float64).
+            radii=float(np.sum(np.array([EASY_TARGET_SIZE, float(finger.size[0])], np.float64))),
         )
 
     def default_actions(self) -> np.ndarray:
@@ -55,6 +69,11 @@ class ReacherEasy(TaskDef):
 
     def score(self, obs):
         return jnp.linalg.norm(obs[2:4])  # finger-to-target distance
+
+    def reward(self, data, aux):
+        finger_to_target = aux - data.geom_xpos[self.finger_geom, :2]
+        dist = jnp.sqrt(jnp.sum(finger_to_target * finger_to_target))
+        return tolerance(dist, (0.0, self.radii))
 
     def reset(self, key, dtype):
         # Reacher.initialize_episode: randomize_limited_and_rotational_joints
