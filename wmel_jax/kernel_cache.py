@@ -3,33 +3,43 @@
 Every kernel of an evaluation (the state sampler, the oracle's answers, each
 architecture's metrics) is compiled through :func:`compiled`, in three layers:
 
-1. in this process, a kernel compiled for these argument shapes is reused (a
-   sweep of checkpoints of one architecture compiles once);
-2. the kernel is traced and lowered once and exported with ``jax.export``;
-   when a directory is set (:func:`set_directory`; the CLI sets it, see
-   ``--cache-dir``) the exported program is also written there, and a later
-   process with the same configuration reads it instead of tracing. Tracing
-   runs MJX's Python, most of the time of a warm-cache start;
+1. in this process, a kernel compiled for these argument shapes and compiler
+   options is reused (a sweep of checkpoints of one architecture compiles once);
+2. the kernel is traced and lowered once and exported with ``jax.export``
+   (StableHLO in a flatbuffer). With a cache directory (:func:`enable`; the
+   CLI enables one, see ``--cache-dir``) the exported program is written to
+   ``DIR/kernels`` and a later process with the same configuration reads it
+   instead of tracing: tracing runs MJX's Python, most of the time of a
+   start whose XLA programs are cached;
 3. the exported program is compiled with ``jax.jit`` and the kernel's own
-   compiler options; with JAX's persistent compilation cache on (the CLI turns
-   it on in the same directory) XLA's compilation is cached too.
+   compiler options. With a cache directory, XLA's executables are kept in
+   ``DIR/xla`` through JAX's persistent compilation cache, stored by
+   :class:`_CheckedXlaCache` (checksummed, written atomically).
 
-A fresh trace and a read one compile the same exported program: their results
-are bit-identical.
+A fresh trace and a read one compile the same exported program, so their
+results are bit-identical; with no cache directory kernels are exported too,
+so ``--no-cache`` computes exactly what a cached run computes.
 
 A stored program is valid only for the code and configuration that traced it.
 Its file name is the sha256 of everything it depends on (:func:`disk_key`):
 the format version; the kernel's identity, its qualified name and the content
-of everything it closes over (:func:`content_key`); the sha256 of every source
-file of the wmel_jax package; the versions of jax, jaxlib, mujoco, mujoco-mjx,
-dm-control, flax and numpy (dm_control's task models are baked into the oracle
-programs); the backend, device kind and the JAX settings that change a trace
-(64-bit mode, default PRNG, matmul precision...); the argument tree, shapes
-and dtypes. A kernel that closes over a value without a content key is never
-written (it is traced in every process). On reading, the header's key
-material must equal the expected one, the payload's sha256 must match, and the
-program must take exactly the expected arguments; any other file (corrupt,
-truncated, stale, foreign) is ignored and replaced by a fresh trace.
+of everything it closes over (:func:`content_key`: code, constants, arrays,
+the oracle's configuration and MuJoCo model); the sha256 of every source file
+of the wmel_jax package; the versions of Python, jax, jaxlib, mujoco,
+mujoco-mjx, dm-control, flax and numpy; the backend, device kind, the
+effective 64-bit mode and every JAX setting but those about caching, logging
+and dumps; the argument tree, shapes and dtypes. A kernel that closes over a
+value without a content key is never written (it is traced in every
+process). On reading, the header's key material must equal the expected one,
+the payload's sha256 must match and the program must take exactly the
+expected arguments; any other file (corrupt, truncated, stale, foreign) is
+ignored and replaced by a fresh trace. Nothing read is unpickled or imported:
+the only Python objects a stored program names are NamedTuple types of
+already-loaded wmel_jax modules.
+
+Compiler options are not part of a stored program (they apply when it is
+compiled): they are part of the in-process key, and JAX's key of the XLA
+executable includes them.
 
 :func:`precompile` starts a compilation on a background thread (XLA releases
 the GIL while it compiles), so that, e.g., the oracle's kernel compiles while
@@ -46,6 +56,9 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import platform
+import re
+import sys
 import tempfile
 import threading
 import time
@@ -54,13 +67,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import jax
 import numpy as np
+from jax import export
 
 __all__ = [
     "FORMAT_VERSION",
     "Unkeyable",
     "compiled",
     "precompile",
+    "enable",
+    "disable",
     "set_directory",
     "get_directory",
     "content_key",
@@ -70,21 +87,17 @@ __all__ = [
 ]
 
 #: Bumped whenever the file layout or the key material changes.
-FORMAT_VERSION = 1
-_MAGIC = b"WMELJAX-KERNEL\x00\x01"
+FORMAT_VERSION = 2
+_MAGIC = b"WMELJAX-KERNEL\x00\x02"
 _SUFFIX = ".kernel"
+_XLA_MAGIC = b"WMELJAX-XLA\x00\x01"
+_XLA_SUFFIX = ".xla"
 
 #: Distributions whose code or data a traced kernel depends on.
 _DISTRIBUTIONS = ("jax", "jaxlib", "mujoco", "mujoco-mjx", "dm-control", "flax", "numpy")
-#: JAX settings that change what a trace produces.
-_TRACE_FLAGS = (
-    "jax_default_matmul_precision",
-    "jax_default_prng_impl",
-    "jax_threefry_partitionable",
-    "jax_numpy_dtype_promotion",
-    "jax_numpy_rank_promotion",
-    "jax_enable_custom_prng",
-)
+#: JAX settings left out of the key: where and whether things are cached,
+#: logged or dumped changes no traced program.
+_UNKEYED_FLAG = re.compile(r"cache|log|dump|explain|timeout|debug_leaked|mock_gpu")
 #: Top-level packages whose functions may be named (not inspected) in a content
 #: key: wmel_jax's sources are hashed, the others' versions are in the key.
 _NAMED_PACKAGES = frozenset({"wmel_jax", "jax", "jaxlib", "numpy", "mujoco", "flax", "math", "builtins", "operator", "functools"})
@@ -105,8 +118,40 @@ class Unkeyable(TypeError):
 # --------------------------------------------------------------------------- #
 
 
+def enable(directory: str | os.PathLike) -> Path:
+    """Cache traced kernels in ``directory``/kernels and XLA executables in ``directory``/xla.
+
+    Creates both folders and checks that a file can be created in each;
+    raises OSError (and changes nothing) when not. Process-wide: it sets
+    JAX's persistent compilation cache (every compilation is kept, however
+    small or quick: in a short run compilation dominates).
+    """
+    root = Path(directory).expanduser()
+    kernels, xla = root / "kernels", root / "xla"
+    for folder in (kernels, xla):
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe-")
+        os.close(fd)
+        os.unlink(probe)
+    set_directory(kernels)
+    _install_xla_cache(xla)
+    return root
+
+
+def disable() -> None:
+    """Stop reading and writing both caches (in-process compiled kernels are kept)."""
+    set_directory(None)
+    from jax._src import compilation_cache
+
+    jax.config.update("jax_compilation_cache_dir", None)
+    compilation_cache.reset_cache()
+
+
 def set_directory(directory: str | os.PathLike | None) -> Path | None:
-    """Store and read traced kernels in ``directory`` (created if needed); None: do not."""
+    """Store and read traced kernels in ``directory`` (created if needed); None: do not.
+
+    Only the traced programs: :func:`enable` also caches XLA's executables.
+    """
     global _DIRECTORY
     if directory is None:
         _DIRECTORY = None
@@ -121,17 +166,37 @@ def get_directory() -> Path | None:
     return _DIRECTORY
 
 
-def stats() -> dict[str, int]:
-    """Counts since the last :func:`clear`: traced, read (from disk), written, rejected (bad files), compiled, reused."""
+def stats() -> dict[str, float]:
+    """Counts and seconds since the last :func:`clear` (all threads).
+
+    Counts: traced, written, read, rejected (bad kernel files), unkeyable,
+    unwritable, not_exportable, compiled, reused, xla_read, xla_written,
+    xla_rejected (bad XLA files). Seconds: trace_s (tracing and lowering),
+    load_s (reading stored programs), xla_s (XLA compilation, or reading
+    its executable from the cache).
+    """
     with _LOCK:
         return dict(_STATS)
 
 
-def clear() -> None:
-    """Forget every compiled kernel of this process and reset :func:`stats` (tests, benchmarks)."""
+def clear(kernel: Callable | None = None) -> None:
+    """Forget this process's compiled ``kernel`` (every shape), or every kernel and :func:`stats` (None).
+
+    For tests and benchmarks: the next :func:`compiled` call reads or traces
+    the kernel again.
+    """
     with _LOCK:
-        _COMPILED.clear()
-        _STATS.clear()
+        if kernel is None:
+            _COMPILED.clear()
+            _STATS.clear()
+        else:
+            for key in [k for k in _COMPILED if k[0] is kernel]:
+                del _COMPILED[key]
+
+
+def _count(what: str, n: float = 1) -> None:
+    with _LOCK:
+        _STATS[what] += n
 
 
 # --------------------------------------------------------------------------- #
@@ -142,12 +207,13 @@ def clear() -> None:
 def content_key(obj: Any) -> Any:
     """A JSON-able value that is equal for values that trace the same program.
 
-    Primitives, tuples, lists, dicts, numpy arrays (by content), frozen
-    dataclasses (class and fields), enums, objects defining
+    Primitives, tuples, lists, dicts, numpy and concrete JAX arrays (by
+    content), frozen dataclasses (class and fields), enums, objects defining
     ``__wmel_cache_key__()``, functions (module-level ones by qualified name
-    when their package's code is in the key; closures also by the content of
-    their cells and defaults), bound methods, ``functools.partial``, modules and
-    classes. Anything else raises :class:`Unkeyable`.
+    when their package's code is in the key; closures and lambdas also by
+    their code and the content of their cells and defaults), bound methods,
+    ``functools.partial``, modules and classes. Anything else raises
+    :class:`Unkeyable`.
     """
     if obj is None or isinstance(obj, (bool, int, str)):
         return [type(obj).__name__, obj]
@@ -162,8 +228,12 @@ def content_key(obj: Any) -> Any:
         return ["dict", items]
     if isinstance(obj, (frozenset, set)):
         return [type(obj).__name__, sorted(json.dumps(content_key(x)) for x in obj)]
+    if isinstance(obj, jax.Array) and not isinstance(obj, jax.core.Tracer):
+        obj = np.asarray(obj)
     if isinstance(obj, (np.ndarray, np.generic)):
         arr = np.ascontiguousarray(obj)
+        if arr.dtype.hasobject:
+            raise Unkeyable("an object array")
         return ["ndarray", arr.dtype.str, list(arr.shape), hashlib.sha256(arr.tobytes()).hexdigest()]
     if isinstance(obj, enum.Enum):
         return ["enum", _named(type(obj)), obj.name]
@@ -198,7 +268,7 @@ def content_key(obj: Any) -> Any:
         return [
             "closure",
             _named(obj),
-            hashlib.sha256(obj.__code__.co_code).hexdigest(),
+            _code_key(obj.__code__),
             cells,
             content_key(obj.__defaults__),
             content_key(obj.__kwdefaults__),
@@ -212,6 +282,22 @@ def content_key(obj: Any) -> Any:
     raise Unkeyable(f"no content key for {type(obj).__module__}.{type(obj).__qualname__}")
 
 
+def _code_key(code: types.CodeType) -> str:
+    """sha256 of a code object's bytecode, constants (nested code objects too) and names."""
+    digest = hashlib.sha256()
+    stack = [code]
+    while stack:
+        c = stack.pop()
+        digest.update(c.co_code)
+        digest.update(repr((c.co_names, c.co_varnames, c.co_freevars, c.co_cellvars)).encode())
+        for const in c.co_consts:
+            if isinstance(const, types.CodeType):
+                stack.append(const)
+            else:
+                digest.update(repr((type(const).__name__, const)).encode())
+    return digest.hexdigest()
+
+
 def _named(obj: Any) -> list[str]:
     module = getattr(obj, "__module__", None) or "?"
     _check_package(module, obj)
@@ -223,10 +309,8 @@ def _check_package(module: str, obj: Any) -> None:
         raise Unkeyable(f"{module}.{getattr(obj, '__qualname__', obj)} is outside the packages whose code is keyed")
 
 
-@functools.lru_cache(maxsize=1)
-def _source_fingerprint() -> str:
-    """sha256 of every .py file of the wmel_jax package (relative path and bytes), in sorted order."""
-    root = Path(__file__).resolve().parent
+def tree_fingerprint(root: Path) -> str:
+    """sha256 of every .py file under ``root`` (relative path and bytes, sorted by path)."""
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\x00")
@@ -235,8 +319,14 @@ def _source_fingerprint() -> str:
 
 
 @functools.lru_cache(maxsize=1)
+def _source_fingerprint() -> str:
+    """The wmel_jax package's :func:`tree_fingerprint` (read once per process)."""
+    return tree_fingerprint(Path(__file__).resolve().parent)
+
+
+@functools.lru_cache(maxsize=1)
 def _versions() -> dict[str, str]:
-    out = {}
+    out = {"python": f"{platform.python_implementation()} {sys.version}", "machine": platform.machine()}
     for dist in _DISTRIBUTIONS:
         try:
             out[dist] = importlib.metadata.version(dist)
@@ -247,15 +337,11 @@ def _versions() -> dict[str, str]:
 
 def _trace_context() -> dict[str, Any]:
     """The backend and the JAX settings a trace depends on, as seen by this thread now."""
-    import jax
-
     flags = {}
-    for name in _TRACE_FLAGS:
-        try:
-            value = getattr(jax.config, name)
-        except AttributeError:
-            value = None
-        flags[name] = value if isinstance(value, (bool, int, float, str, type(None))) else str(value)
+    for name, value in jax.config.values.items():
+        if _UNKEYED_FLAG.search(name):
+            continue
+        flags[name] = value if isinstance(value, (bool, int, float, str, type(None))) else repr(value)
     return {
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
@@ -266,8 +352,6 @@ def _trace_context() -> dict[str, Any]:
 
 
 def _signature(avals: tuple) -> tuple[Any, list]:
-    import jax
-
     leaves, treedef = jax.tree_util.tree_flatten(avals)
     return treedef, [(tuple(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False))) for x in leaves]
 
@@ -292,6 +376,25 @@ def disk_key(kernel: Callable, avals: tuple) -> tuple[str, dict[str, Any]]:
 # --------------------------------------------------------------------------- #
 
 
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    Readers (other processes too) see the old file or the whole new one,
+    never part of one; a failure leaves no temporary file behind.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def _write(path: Path, material: dict[str, Any], payload: bytes, namedtuples: list[list[str]]) -> None:
     header = json.dumps(
         {
@@ -303,17 +406,7 @@ def _write(path: Path, material: dict[str, Any], payload: bytes, namedtuples: li
         sort_keys=True,
         separators=(",", ":"),
     ).encode()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem[:16] + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_MAGIC + len(header).to_bytes(8, "little") + header + payload)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    _atomic_write(path, _MAGIC + len(header).to_bytes(8, "little") + header + payload)
 
 
 def _read(path: Path, material: dict[str, Any]) -> tuple[bytes, list] | None:
@@ -338,7 +431,7 @@ def _read(path: Path, material: dict[str, Any]) -> tuple[bytes, list] | None:
         if header["payload_bytes"] != len(payload) or header["payload_sha256"] != hashlib.sha256(payload).hexdigest():
             raise ValueError("checksum")
         namedtuples = [[str(m), str(q)] for m, q in header["namedtuples"]]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         _count("rejected")
         return None
     return payload, namedtuples
@@ -359,12 +452,14 @@ def _node_types(treedef) -> set[type]:
     return found
 
 
+def _is_namedtuple_class(cls: Any) -> bool:
+    return isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")
+
+
 def _register_namedtuple(cls: type) -> list[str]:
     """Make a wmel_jax NamedTuple serializable in exported programs' pytrees; [module, qualname]."""
-    from jax import export
-
     name = [cls.__module__, cls.__qualname__]
-    if not (isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")):
+    if not _is_namedtuple_class(cls):
         raise ValueError(f"{cls!r} is not a NamedTuple")
     if cls.__module__.split(".")[0] != "wmel_jax":
         raise ValueError(f"{cls!r} is not a wmel_jax type")
@@ -386,21 +481,96 @@ def _namedtuples_of(exp) -> list[list[str]]:
 
 
 def _resolve_namedtuples(names: list[list[str]]) -> None:
-    """Register the NamedTuple types a stored program names (wmel_jax modules only) before reading it."""
-    import importlib
+    """Register the NamedTuple types a stored program names, before deserializing it.
 
+    Only types of wmel_jax modules this process has already loaded are
+    accepted, found by plain attribute look-up: nothing is imported or run.
+    """
     for module_name, qualname in names:
         if module_name.split(".")[0] != "wmel_jax":
             raise ValueError(f"a stored program names a type outside wmel_jax: {module_name}")
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = sys.modules.get(module_name)
+        if obj is None:
+            raise ValueError(f"a stored program names a type of a module not loaded: {module_name}")
         for part in qualname.split("."):
-            obj = getattr(obj, part)
+            obj = vars(obj).get(part)  # no __getattr__ hooks
+        if not _is_namedtuple_class(obj):
+            raise ValueError(f"{module_name}.{qualname} is not a NamedTuple")
         _register_namedtuple(obj)
 
 
-def _count(what: str, n: int = 1) -> None:
-    with _LOCK:
-        _STATS[what] += n
+# --------------------------------------------------------------------------- #
+# XLA's executables: JAX's persistent compilation cache, stored checksummed
+# --------------------------------------------------------------------------- #
+
+
+def _xla_cache_class() -> type:
+    from jax._src.compilation_cache_interface import CacheInterface
+
+    class _CheckedXlaCache(CacheInterface):
+        """JAX's persistent compilation cache in one folder, one checksummed file per entry.
+
+        JAX's own file cache writes entries in place and never replaces one,
+        so a truncated or corrupted entry (a killed writer, a full disk) would
+        be read and rejected on every later start. Here an entry is
+        ``magic, key, sha256, value``, written through a temporary file and a
+        rename; an entry that does not check out is deleted and recompiled.
+        """
+
+        def __init__(self, path: Path):
+            self._path = Path(path)
+
+        def _file(self, key: str) -> Path | None:
+            return self._path / (key + _XLA_SUFFIX) if re.fullmatch(r"[A-Za-z0-9_.-]{1,200}", key) else None
+
+        def get(self, key: str) -> bytes | None:
+            path = self._file(key)
+            if path is None:
+                return None
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                return None
+            except OSError:
+                _count("xla_rejected")
+                return None
+            head = _XLA_MAGIC + key.encode() + b"\x00"
+            body = data[len(head) + 32 :]
+            if not data.startswith(head) or data[len(head) : len(head) + 32] != hashlib.sha256(body).digest():
+                _count("xla_rejected")
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
+                return None
+            _count("xla_read")
+            return body
+
+        def put(self, key: str, value: bytes) -> None:
+            path = self._file(key)
+            if path is None:
+                return
+            value = bytes(value)
+            try:
+                _atomic_write(path, _XLA_MAGIC + key.encode() + b"\x00" + hashlib.sha256(value).digest() + value)
+            except OSError:
+                _count("xla_unwritable")
+                return
+            _count("xla_written")
+
+    return _CheckedXlaCache
+
+
+def _install_xla_cache(folder: Path) -> None:
+    from jax._src import compilation_cache
+
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    compilation_cache.reset_cache()
+    with compilation_cache._cache_initialized_mutex:
+        compilation_cache._cache = _xla_cache_class()(folder)
+        compilation_cache._cache_initialized = True
 
 
 # --------------------------------------------------------------------------- #
@@ -409,8 +579,6 @@ def _count(what: str, n: int = 1) -> None:
 
 
 def _abstract(args: tuple) -> tuple:
-    import jax
-
     def one(x):
         if isinstance(x, jax.ShapeDtypeStruct):
             return x
@@ -422,9 +590,6 @@ def _abstract(args: tuple) -> tuple:
 
 def _exported(kernel: Callable, avals: tuple):
     """The kernel's exported program for ``avals``: read from the directory, else traced (and written)."""
-    import jax
-    from jax import export
-
     directory = _DIRECTORY
     stored = None
     if directory is not None:
@@ -434,6 +599,7 @@ def _exported(kernel: Callable, avals: tuple):
         except Unkeyable:
             _count("unkeyable")
     if stored is not None:
+        t0 = time.perf_counter()
         found = _read(*stored)
         if found is not None:
             try:
@@ -444,31 +610,39 @@ def _exported(kernel: Callable, avals: tuple):
                 got_tree, got_leaves = _signature(tuple(jax.tree_util.tree_unflatten(exp.in_tree, exp.in_avals))[0])
                 if got_tree != treedef or got_leaves != leaves or jax.default_backend() not in exp.platforms:
                     raise ValueError("the stored program takes other arguments")
-                _count("read")
-                return exp
             except Exception:  # noqa: BLE001 - any unreadable program is replaced by a trace
                 _count("rejected")
+            else:
+                _count("read")
+                _count("load_s", time.perf_counter() - t0)
+                return exp
+    t0 = time.perf_counter()
     exp = export.export(jax.jit(kernel))(*avals)
     _count("traced")
+    _count("trace_s", time.perf_counter() - t0)
     if stored is not None:
         try:
             namedtuples = _namedtuples_of(exp)
             _write(stored[0], stored[1], bytes(exp.serialize()), namedtuples)
-            _count("written")
-        except Exception:  # noqa: BLE001 - a read-only cache, no flatbuffers, an unserializable pytree:
+        except Exception:  # noqa: BLE001 - a read-only cache, a full disk, an unserializable pytree:
             _count("unwritable")  # the program is still used, only not stored
+        else:
+            _count("written")
     return exp
 
 
 def _build(kernel: Callable, avals: tuple, options: dict[str, Any]):
-    import jax
-
     try:
         exp = _exported(kernel, avals)
     except Exception:  # noqa: BLE001 - a kernel jax.export refuses (e.g. a custom call) compiles directly
         _count("not_exportable")
-        return jax.jit(kernel, compiler_options=options or None).lower(*avals).compile()
-    return jax.jit(exp.call, compiler_options=options or None).lower(*avals).compile()
+        fn = kernel
+    else:
+        fn = exp.call
+    t0 = time.perf_counter()
+    result = jax.jit(fn, compiler_options=options or None).lower(*avals).compile()
+    _count("xla_s", time.perf_counter() - t0)
+    return result
 
 
 def compiled(kernel: Callable, args: tuple, compiler_options: Mapping[str, Any] | None = None) -> tuple[Any, float]:

@@ -27,10 +27,12 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--cache-dir", metavar="DIR",
-        help=f"cache of traced kernels (DIR/kernels) and of XLA's compiled programs (DIR/xla) "
-        f"(default: ${CACHE_ENV}, else ~/.cache/wmel-jax)",
+        help=f"cache of traced kernels (DIR/kernels) and of XLA's compiled programs (DIR/xla), so that "
+        f"later runs of the same shapes start in seconds (default: ${CACHE_ENV}, else "
+        f"$XDG_CACHE_HOME/wmel-jax or ~/.cache/wmel-jax; {CACHE_ENV}=off disables it)",
     )
-    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache: trace and compile everything")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="neither read nor write the cache: trace and compile every kernel")
 
 
 def default_cache_dir() -> Path | None:
@@ -45,30 +47,21 @@ def default_cache_dir() -> Path | None:
 def enable_compilation_cache(cache_dir: Path | None) -> Path | None:
     """Cache traced kernels in ``cache_dir``/kernels and XLA programs in ``cache_dir``/xla (None: neither).
 
-    Traced kernels are wmel_jax.kernel_cache's (jax.export, keyed by versions,
-    code and shapes): a warm process does not trace MJX again. The XLA programs
-    are JAX's persistent compilation cache, where every compilation is kept (no
-    minimum compile time): in a short run compilation dominates, and even the
-    small kernels are worth keeping.
+    See :mod:`wmel_jax.kernel_cache`: a warm process neither traces (MJX's
+    Python) nor compiles (XLA) again. A folder that cannot be created or
+    written to is reported in one warning line on stderr, and the run goes
+    on without a cache; returns the folder in use, or None.
     """
-    import jax
-
     from wmel_jax import kernel_cache
 
     if cache_dir is None:
         return None
     try:
-        for sub in ("xla", "kernels"):
-            (cache_dir / sub).mkdir(parents=True, exist_ok=True)
+        return kernel_cache.enable(cache_dir)
     except OSError as e:
-        print(f"wmel-jax: warning: cache {str(cache_dir)!r} unusable ({e.strerror or e}); "
-              "running without it", file=sys.stderr)
+        print(f"wmel-jax: warning: cache directory {str(cache_dir)!r} is unusable ({e.strerror or e}); "
+              "running without a cache", file=sys.stderr)
         return None
-    kernel_cache.set_directory(cache_dir / "kernels")
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir / "xla"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return cache_dir
 
 
 def configure_runtime(args: argparse.Namespace) -> None:

@@ -47,12 +47,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib.util
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Literal
 
 import jax
 import jax.numpy as jnp
+import mujoco
 import numpy as np
 
 from wmel_jax.errors import WmelError
@@ -303,10 +305,15 @@ class Physics:
         # the calls: the compiled program and its results are unchanged.
         self._smooth_state = jax.jit(self._smooth_small_state if self._small_dense else self._smooth_general_state)
         self._kinematics_state = jax.jit(functools.partial(mjx.kinematics, self.model))
+        # The MuJoCo model by content (sha256 of its binary MJB form), as put
+        # on the device: every number of it is baked into traced programs.
+        buffer = np.empty(mujoco.mj_sizeModel(mj_model), np.uint8)
+        mujoco.mj_saveModel(mj_model, None, buffer)
+        self._model_sha256 = hashlib.sha256(buffer.tobytes()).hexdigest()
 
     def __wmel_cache_key__(self) -> tuple:
         """What programs traced with this physics depend on besides the code (see wmel_jax.kernel_cache)."""
-        return (self.task, self.precision, self.solver, self.factor)
+        return (self.task, self.precision, self.solver, self.factor, self._model_sha256)
 
     # -- state construction ------------------------------------------------
 
@@ -613,35 +620,40 @@ def map_chunks(fn, xs: tuple, chunk: int | None):
     return jax.tree_util.tree_map(lambda y: y.reshape((n_chunks * chunk,) + y.shape[2:])[:n], out)
 
 
-#: Physics kernels over at most this many states per call compile with XLA's
-#: backend optimisation level 0 (see :func:`compiler_options`).
+#: A problem of at most this many states in all compiles its physics kernels
+#: at XLA's backend optimisation level 0 (see :func:`compiler_options`).
 FAST_COMPILE_MAX_STATES = 512
 
 
-def compiler_options(batch: int | None = None) -> dict[str, Any]:
+def compiler_options(total_states: int | None = None) -> dict[str, Any]:
     """XLA options for the physics kernels (per jit: nothing global changes).
 
     On CPU, XLA hands small dot products to YNNPACK fusions, which are slow on
     MJX's many tiny batched (3x3, 6x6, nv x nv) products: without them the
     reacher step runs ~30% faster, the RK4 tasks ~10% faster (see
-    benchmarks/oracle_throughput.py). XLA:CPU's newer MLIR fusion emitters
-    are switched off too: with the classic LLVM emitters these kernels compile
-    faster and run faster (the oracle's answers for 4,096 cartpole states in
-    97 ms instead of 145 ms; benchmarks/codegen.py).
+    benchmarks/oracle_throughput.py). XLA:CPU's MLIR fusion emitters are
+    switched off too: XLA's classic emitters compile these kernels faster
+    and the code runs faster (the oracle's answers for 150 cartpole states
+    compile in 30% less time; for 4,096 states they run in 102 ms instead of
+    148 ms; benchmarks/codegen.py).
 
-    ``batch``: states per call, when the caller knows it. A kernel over at
-    most FAST_COMPILE_MAX_STATES states is compiled at backend optimisation
-    level 0, which halves its compile time (oracle kernel at 150 states: 3.3 s
-    instead of 6.3 s of CPU) for a few milliseconds more run time, which a
-    problem that small never recovers (benchmarks/codegen.py).
+    ``total_states``: the states the caller will run through the kernel in
+    all, when it knows them. When that is at most FAST_COMPILE_MAX_STATES the
+    kernel is compiled at backend optimisation level 0, which halves its
+    compile time (the oracle's answers for 150 cartpole states: 3.8 s
+    instead of 7.7 s) and costs about 0.1 ms per state at run time (19 ms
+    instead of 3 ms for those 150): a few seconds saved where compilation is
+    all of the time. Big problems keep the optimised code (at 4,096 states
+    level 0 runs 5x slower).
 
-    Codegen only: the arithmetic is the same operations (results agree to the
-    last bit or two of float64).
+    Codegen only: the operations are the same (results agree with the
+    optimised code to a few float64 ulps; tests/test_oracle.py holds both to
+    the same tolerances against dm_control).
     """
     if jax.default_backend() != "cpu":
         return {}
     options: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_use_fusion_emitters": False}
-    if batch is not None and batch <= FAST_COMPILE_MAX_STATES:
+    if total_states is not None and total_states <= FAST_COMPILE_MAX_STATES:
         options["xla_backend_optimization_level"] = 0
     return options
 
@@ -733,7 +745,7 @@ class Oracle:
 
     def __wmel_cache_key__(self) -> tuple:
         """What the oracle's traced programs depend on besides the code (see wmel_jax.kernel_cache)."""
-        return self._key()
+        return (self._key(), self._physics, self._chunk)
 
     def __hash__(self) -> int:
         return hash(self._key())
