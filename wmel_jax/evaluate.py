@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wmel_jax import kernel_cache
 from wmel_jax import metrics as M
 from wmel_jax.errors import WmelError
 
@@ -67,6 +68,7 @@ __all__ = [
     "make_problem",
     "draw_action_sequence",
     "oracle_targets",
+    "precompile_oracle_targets",
     "model_metrics",
     "check_model_fits",
     "model_task_index",
@@ -260,13 +262,28 @@ def _oracle_kernel(oracle: Any) -> Callable:
     return kernel
 
 
+def _oracle_compile_spec(oracle: Any, n_states: int, n_actions: int, k_steps: int, chunk_states: int) -> tuple:
+    """(kernel, argument shapes, compiler options) of :func:`oracle_targets` for a problem of this shape."""
+    from wmel_jax.oracle.base import compiler_options
+
+    size = _chunk_size(n_states, chunk_states)
+    dtype = oracle.dtype
+    args = (
+        jax.ShapeDtypeStruct((size, oracle.obs_dim), dtype),
+        jax.ShapeDtypeStruct((n_actions, oracle.action_dim), dtype),
+        jax.ShapeDtypeStruct((k_steps, oracle.action_dim), dtype),
+    )
+    # The oracle's own codegen options (its kernels are inlined here), for the whole problem's size.
+    return _oracle_kernel(oracle), args, compiler_options(n_states)
+
+
 def oracle_targets(problem: Problem, chunk_states: int = DEFAULT_CHUNK_STATES) -> OracleTargets:
     """The oracle's next observations, their scores, the rewards and the k-step trajectory, chunked.
 
     Returns numpy arrays in the oracle's precision: next_obs (N, A, obs_dim),
     scores (N, A), rewards (N, A), trajectory (k, N, obs_dim).
     """
-    from wmel_jax.oracle.base import compiler_options, precision_scope
+    from wmel_jax.oracle.base import precision_scope
 
     oracle = problem.oracle()
     n, obs_dim = problem.states.shape
@@ -280,11 +297,7 @@ def oracle_targets(problem: Problem, chunk_states: int = DEFAULT_CHUNK_STATES) -
     with precision_scope(problem.precision):
         actions = jnp.asarray(problem.actions, dtype)
         sequence = jnp.asarray(problem.action_sequence, dtype)
-        compiled, compile_s = _compiled(
-            _oracle_kernel(oracle),
-            (jax.ShapeDtypeStruct((size, obs_dim), dtype), actions, sequence),
-            compiler_options(size),  # the oracle's own codegen options: its kernels are inlined here
-        )
+        compiled, compile_s = _compiled(*_oracle_compile_spec(oracle, n, problem.actions.shape[0], problem.k_steps, size))
         for start, stop in _chunks(n, size):
             t0 = time.perf_counter()
             out = compiled(jnp.asarray(_padded(problem.states, start, stop, size), dtype), actions, sequence)
@@ -529,8 +542,6 @@ def _compiled(kernel: Callable, args: tuple, compiler_options: Mapping[str, Any]
     traced once per configuration when a kernel cache directory is set
     (:mod:`wmel_jax.kernel_cache`).
     """
-    from wmel_jax import kernel_cache
-
     return kernel_cache.compiled(kernel, args, compiler_options)
 
 
@@ -552,25 +563,16 @@ def precompile_oracle_targets(
     future, or None when the arguments are not valid (``make_problem`` reports
     those).
     """
-    from wmel_jax import kernel_cache
     from wmel_jax.oracle import DEFAULT_PRECISION, make_oracle
-    from wmel_jax.oracle.base import compiler_options, precision_scope
+    from wmel_jax.oracle.base import precision_scope
 
     try:
         precision = DEFAULT_PRECISION if precision is None else precision
         oracle = make_oracle(task, frame_skip=frame_skip, precision=precision)
         action_set = oracle.validate_actions(oracle.actions if actions is None else actions, "action set row")
-        size = _chunk_size(int(n_states), int(chunk_states))
-        if size < 1 or int(k_steps) < 1:
+        if int(n_states) < 1 or int(k_steps) < 1 or action_set.shape[0] < 1:
             return None
+        spec = _oracle_compile_spec(oracle, int(n_states), action_set.shape[0], int(k_steps), int(chunk_states))
     except (WmelError, TypeError, ValueError):
         return None
-    dtype = oracle.dtype
-    args = (
-        jax.ShapeDtypeStruct((size, oracle.obs_dim), dtype),
-        jax.ShapeDtypeStruct(action_set.shape, dtype),
-        jax.ShapeDtypeStruct((int(k_steps), oracle.action_dim), dtype),
-    )
-    return kernel_cache.precompile(
-        _oracle_kernel(oracle), args, compiler_options(size), setup=lambda: precision_scope(oracle.precision)
-    )
+    return kernel_cache.precompile(*spec, setup=lambda: precision_scope(oracle.precision))
