@@ -301,8 +301,10 @@ class Physics:
         # a jitted function under vmap is traced at per-state shapes, so every
         # call site (the sampler's scan, the oracle's step and rollout, each RK4
         # stage) and every batch size reuses one trace instead of re-running
-        # MJX's Python (4x less tracing for the oracle kernel). Lowering inlines
-        # the calls: the compiled program and its results are unchanged.
+        # MJX's Python: the evaluation's oracle kernel traces 2.5x faster for
+        # cartpole and acrobot, 1.6x for reacher, the sampler 2-3x
+        # (benchmarks/codegen.py). XLA inlines the calls: the results are
+        # bit-identical to the stages traced in place (checked on all tasks).
         self._smooth_state = jax.jit(self._smooth_small_state if self._small_dense else self._smooth_general_state)
         self._kinematics_state = jax.jit(functools.partial(mjx.kinematics, self.model))
         # The MuJoCo model by content (sha256 of its binary MJB form), as put
@@ -634,17 +636,17 @@ def compiler_options(total_states: int | None = None) -> dict[str, Any]:
     benchmarks/oracle_throughput.py). XLA:CPU's MLIR fusion emitters are
     switched off too: XLA's classic emitters compile these kernels faster
     and the code runs faster (the oracle's answers for 150 cartpole states
-    compile in 30% less time; for 4,096 states they run in 102 ms instead of
-    148 ms; benchmarks/codegen.py).
+    compile in 6.9 s instead of 9.9 s; for 4,096 states they run in 106 ms
+    instead of 160 ms; reacher and acrobot alike: benchmarks/codegen.py).
 
     ``total_states``: the states the caller will run through the kernel in
     all, when it knows them. When that is at most FAST_COMPILE_MAX_STATES the
     kernel is compiled at backend optimisation level 0, which halves its
-    compile time (the oracle's answers for 150 cartpole states: 3.8 s
-    instead of 7.7 s) and costs about 0.1 ms per state at run time (19 ms
-    instead of 3 ms for those 150): a few seconds saved where compilation is
-    all of the time. Big problems keep the optimised code (at 4,096 states
-    level 0 runs 5x slower).
+    compile time (the oracle's answers for 150 cartpole states: 3.6 s
+    instead of 6.9 s) and costs about 0.1 ms per state at run time (18 ms
+    instead of 3 ms for those 150): seconds saved where compilation is all
+    of the time. Big problems keep the optimised code (at 4,096 states level
+    0 runs 5x slower).
 
     Codegen only: the operations are the same (results agree with the
     optimised code to a few float64 ulps; tests/test_oracle.py holds both to
