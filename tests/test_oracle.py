@@ -197,13 +197,15 @@ def test_elementwise_cholesky_matches_lapack():
 def test_small_problem_codegen_matches_dm_control(parity, task):
     """The evaluation's oracle kernel compiled for a small problem (XLA backend optimisation level 0).
 
-    ``compiler_options(total_states)`` compiles kernels of problems of at most
-    FAST_COMPILE_MAX_STATES states at level 0 (faster compilation, slower
+    ``compiler_options(total_states)`` compiles the kernels of problems of at
+    most FAST_COMPILE_MAX_STATES states at level 0 (faster compilation, slower
     code); they are held to the same tolerances against dm_control: next
-    observations and rewards of every action (500 parity states, frame_skip
-    2), and 10-step rollouts (against cold-started dm_control, as
-    test_rollout_matches_dm_control explains).
+    observations and rewards of every action (500 parity states), and
+    10-step rollouts (against cold-started dm_control, as
+    test_rollout_matches_dm_control explains). Chunks of the suite's
+    evaluation shape, so the kernel the eval tests compiled is reused.
     """
+    from conftest import EVAL_CHUNK, EVAL_K
     from wmel_jax import evaluate
 
     states, ref, _, rewards = parity(task)
@@ -212,16 +214,16 @@ def test_small_problem_codegen_matches_dm_control(parity, task):
     assert base.compiler_options(n).get("xla_backend_optimization_level") == 0
     assert "xla_backend_optimization_level" not in base.compiler_options(base.FAST_COMPILE_MAX_STATES + 1)
     picked = np.arange(len(states)) % (len(states) // n) == 0  # resets, rollouts and stress states alike
-    oracle = wmel_jax.make_oracle(task, frame_skip=2)
-    seq = oracle.actions[np.random.default_rng(5).integers(len(oracle.actions), size=ROLLOUT_K)]
-    problem = evaluate.make_problem(task, states=states[picked], action_sequence=seq, frame_skip=2)
-    targets = evaluate.oracle_targets(problem)
-    err = np.abs(targets.next_obs - ref[2][picked]).max()
+    oracle = wmel_jax.make_oracle(task)
+    seq = oracle.actions[np.random.default_rng(5).integers(len(oracle.actions), size=EVAL_K)]
+    problem = evaluate.make_problem(task, states=states[picked], action_sequence=seq)
+    targets = evaluate.oracle_targets(problem, EVAL_CHUNK)
+    err = np.abs(targets.next_obs - ref[1][picked]).max()
     assert err <= F64_STEP_TOL, f"{task}: level-0 oracle kernel vs dm_control max diff {err:.3g} > {F64_STEP_TOL:g}"
-    err = np.abs(targets.rewards - rewards[2][picked]).max()
+    err = np.abs(targets.rewards - rewards[1][picked]).max()
     assert err <= F64_REWARD_TOL, f"{task}: level-0 rewards vs dm_control max diff {err:.3g} > {F64_REWARD_TOL:g}"
     some = slice(None, None, n // N_ROLLOUT)
-    cold = dmc.rollouts(task, states[picked][some], seq, 2, warmstart=False)
+    cold = dmc.rollouts(task, states[picked][some], seq, 1, warmstart=False)
     err = np.abs(targets.trajectory[:, some] - cold).max()
     assert err <= F64_ROLLOUT_TOL, f"{task}: level-0 rollout vs cold-started dm_control max diff {err:.3g} > {F64_ROLLOUT_TOL:g}"
 

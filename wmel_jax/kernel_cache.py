@@ -562,15 +562,25 @@ def _xla_cache_class() -> type:
 
 
 def _install_xla_cache(folder: Path) -> None:
-    from jax._src import compilation_cache
+    """JAX's persistent compilation cache in ``folder``, stored by :class:`_CheckedXlaCache`.
 
+    The store is installed through JAX's internal module (jax is pinned; see
+    pyproject.toml). Should that module change, JAX's own file cache is used
+    in the same folder instead: still a cache, without the checksums.
+    """
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    compilation_cache.reset_cache()
-    with compilation_cache._cache_initialized_mutex:
-        compilation_cache._cache = _xla_cache_class()(folder)
-        compilation_cache._cache_initialized = True
+    try:
+        from jax._src import compilation_cache
+
+        store = _xla_cache_class()(folder)
+        compilation_cache.reset_cache()
+        with compilation_cache._cache_initialized_mutex:
+            compilation_cache._cache = store
+            compilation_cache._cache_initialized = True
+    except (ImportError, AttributeError):  # pragma: no cover - another jax than the pinned one
+        pass
 
 
 # --------------------------------------------------------------------------- #
