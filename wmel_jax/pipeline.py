@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -259,10 +260,14 @@ def run_eval(
     timings: dict[str, float] = {"load_s": t_loaded - t_start, "states_s": t_problem - t_loaded, **targets.timings}
     timings["model_compile_s"] = 0.0
     timings["model_run_s"] = 0.0
+    # States each architecture's kernel will see in this run (its compile options depend on it).
+    per_arch = Counter(model.arch for _, _, model in fitting)
     for j, (i, name, model) in enumerate(fitting):
         if progress:
             progress(j, len(fitting), name)
-        values, t = model_metrics(model, problem, targets, opts.chunk_states)
+        values, t = model_metrics(
+            model, problem, targets, opts.chunk_states, total_states=problem.n_states * per_arch[model.arch]
+        )
         timings["model_compile_s"] += t["model_compile_s"]
         timings["model_run_s"] += t["model_run_s"]
         cells.append(make_cell(label[i], values, downstream[i], env=task))
