@@ -62,17 +62,21 @@ def test_kernels_match_the_per_sample_reference(task, quality, tmp_path):
     model = wmel_jax.load(converted)
     problem = evaluate.make_problem(task, model.action_set, n_states=EVAL_N, k_steps=EVAL_K, seed=0)
     targets = evaluate.oracle_targets(problem, EVAL_CHUNK)
-    ours, _ = evaluate.model_metrics(model, problem, targets, EVAL_CHUNK)
     ref = run_reference(pt, task, states=problem.states, action_sequence=problem.action_sequence)
-
-    np.testing.assert_allclose(ours["m1_l2_onestep"], ref["m1_l2_onestep"], rtol=L2_RTOL, err_msg="M1")
-    np.testing.assert_allclose(ours["m2_curve"], ref["m2_curve"], rtol=L2_RTOL, err_msg="M2 curve")
-    np.testing.assert_allclose(ours["m2_l2_kstep"], ref["m2_l2_kstep"], rtol=L2_RTOL, err_msg="M2")
-    if ref["m3_action_agreement"] is None:
-        assert ours["m3_action_agreement"] is None, "M3 undefined by the reference but not by the kernels"
-    else:
-        assert ours["m3_action_agreement"] == pytest.approx(ref["m3_action_agreement"], abs=M3_ATOL), "M3"
-    assert ours["m3_states_used"] == ref["m3_states_used"]
+    # The model kernel as compiled for big runs, and as `wmel-jax eval` compiles it
+    # for this one model (a small total: backend optimisation level 0).
+    assert evaluate.model_compiler_options(EVAL_N), "one model at EVAL_N should take the small-run codegen"
+    for total in (None, EVAL_N):
+        ours, _ = evaluate.model_metrics(model, problem, targets, EVAL_CHUNK, total_states=total)
+        what = f"(total_states={total})"
+        np.testing.assert_allclose(ours["m1_l2_onestep"], ref["m1_l2_onestep"], rtol=L2_RTOL, err_msg=f"M1 {what}")
+        np.testing.assert_allclose(ours["m2_curve"], ref["m2_curve"], rtol=L2_RTOL, err_msg=f"M2 curve {what}")
+        np.testing.assert_allclose(ours["m2_l2_kstep"], ref["m2_l2_kstep"], rtol=L2_RTOL, err_msg=f"M2 {what}")
+        if ref["m3_action_agreement"] is None:
+            assert ours["m3_action_agreement"] is None, f"M3 undefined by the reference but not by the kernels {what}"
+        else:
+            assert ours["m3_action_agreement"] == pytest.approx(ref["m3_action_agreement"], abs=M3_ATOL), f"M3 {what}"
+        assert ours["m3_states_used"] == ref["m3_states_used"], what
 
 
 def test_an_action_blind_model_has_undefined_m3_on_both_sides(tmp_path):

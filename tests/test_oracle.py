@@ -193,6 +193,41 @@ def test_elementwise_cholesky_matches_lapack():
         np.testing.assert_allclose(base.cholesky_solve_upper(jnp.asarray(u), jnp.asarray(b)), np.linalg.solve(a, b), rtol=1e-10, err_msg=f"solve, n={n}")
 
 
+@pytest.mark.parametrize("task", TASKS)
+def test_small_problem_codegen_matches_dm_control(parity, task):
+    """The evaluation's oracle kernel compiled for a small problem (XLA backend optimisation level 0).
+
+    ``compiler_options(total_states)`` compiles the kernels of problems of at
+    most FAST_COMPILE_MAX_STATES states at level 0 (faster compilation, slower
+    code); they are held to the same tolerances against dm_control: next
+    observations and rewards of every action (500 parity states), and
+    10-step rollouts (against cold-started dm_control, as
+    test_rollout_matches_dm_control explains). Chunks of the suite's
+    evaluation shape, so the kernel the eval tests compiled is reused.
+    """
+    from conftest import EVAL_CHUNK, EVAL_K
+    from wmel_jax import evaluate
+
+    states, ref, _, rewards = parity(task)
+    n = 500
+    assert n <= base.FAST_COMPILE_MAX_STATES
+    assert base.compiler_options(n).get("xla_backend_optimization_level") == 0
+    assert "xla_backend_optimization_level" not in base.compiler_options(base.FAST_COMPILE_MAX_STATES + 1)
+    picked = np.arange(len(states)) % (len(states) // n) == 0  # resets, rollouts and stress states alike
+    oracle = wmel_jax.make_oracle(task)
+    seq = oracle.actions[np.random.default_rng(5).integers(len(oracle.actions), size=EVAL_K)]
+    problem = evaluate.make_problem(task, states=states[picked], action_sequence=seq)
+    targets = evaluate.oracle_targets(problem, EVAL_CHUNK)
+    err = np.abs(targets.next_obs - ref[1][picked]).max()
+    assert err <= F64_STEP_TOL, f"{task}: level-0 oracle kernel vs dm_control max diff {err:.3g} > {F64_STEP_TOL:g}"
+    err = np.abs(targets.rewards - rewards[1][picked]).max()
+    assert err <= F64_REWARD_TOL, f"{task}: level-0 rewards vs dm_control max diff {err:.3g} > {F64_REWARD_TOL:g}"
+    some = slice(None, None, n // N_ROLLOUT)
+    cold = dmc.rollouts(task, states[picked][some], seq, 1, warmstart=False)
+    err = np.abs(targets.trajectory[:, some] - cold).max()
+    assert err <= F64_ROLLOUT_TOL, f"{task}: level-0 rollout vs cold-started dm_control max diff {err:.3g} > {F64_ROLLOUT_TOL:g}"
+
+
 @pytest.mark.parametrize("frame_skip", [1, 2])
 @pytest.mark.parametrize("task", TASKS)
 def test_rollout_matches_dm_control(parity, task, frame_skip):
@@ -439,3 +474,17 @@ def test_map_chunks_equals_one_batch():
         out = base.map_chunks(fn, (xs,), chunk)
         np.testing.assert_array_equal(out["sum"], fn(xs)["sum"], err_msg=f"chunk {chunk}")
         np.testing.assert_array_equal(out["rows"], fn(xs)["rows"], err_msg=f"chunk {chunk}")
+
+
+def test_map_chunks_cuts_equal_chunks():
+    # 9 rows in chunks of at most 8: two chunks of 5 (one padded row), not 8 + 1
+    # padded to 8 (7 rows of wasted physics).
+    seen = []
+
+    def fn(x):
+        seen.append(x.shape[0])
+        return x * 2
+
+    out = base.map_chunks(fn, (jnp.arange(9.0),), 8)
+    np.testing.assert_array_equal(out, np.arange(9.0) * 2)
+    assert seen == [5]

@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,6 +30,7 @@ from wmel_jax.evaluate import (
     make_problem,
     model_metrics,
     oracle_targets,
+    precompile_oracle_targets,
 )
 from wmel_jax.fileio import atomic_output, check_writable
 
@@ -121,7 +123,10 @@ def run_eval(
     from wmel_jax.report import build_report, make_cell
 
     say = say or (lambda msg: print(msg, file=sys.stderr))
+    from wmel_jax import kernel_cache
+
     t_start = time.perf_counter()
+    cache_before = kernel_cache.stats()
     for out in (opts.output, opts.figure, opts.save_states):
         if out:
             check_writable(out)
@@ -225,6 +230,18 @@ def run_eval(
     if not fitting:
         reasons = "; ".join(f"{s['model']}: {s['reason']}" for s in skipped)
         raise WmelError(f"no model could be evaluated ({reasons})")
+    if explicit_states is None:
+        # The oracle's kernel depends on the problem's shapes only: it compiles on a
+        # background thread while the states are sampled (oracle_targets waits for it).
+        precompile_oracle_targets(
+            task,
+            n_states=opts.n_states,
+            k_steps=opts.k_steps if explicit_sequence is None else explicit_sequence.shape[0],
+            actions=actions,
+            frame_skip=frame_skip,
+            precision=opts.precision,
+            chunk_states=opts.chunk_states,
+        )
     problem = make_problem(
         task,
         actions,
@@ -243,10 +260,14 @@ def run_eval(
     timings: dict[str, float] = {"load_s": t_loaded - t_start, "states_s": t_problem - t_loaded, **targets.timings}
     timings["model_compile_s"] = 0.0
     timings["model_run_s"] = 0.0
+    # States each architecture's kernel will see in this run (its compile options depend on it).
+    per_arch = Counter(model.arch for _, _, model in fitting)
     for j, (i, name, model) in enumerate(fitting):
         if progress:
             progress(j, len(fitting), name)
-        values, t = model_metrics(model, problem, targets, opts.chunk_states)
+        values, t = model_metrics(
+            model, problem, targets, opts.chunk_states, total_states=problem.n_states * per_arch[model.arch]
+        )
         timings["model_compile_s"] += t["model_compile_s"]
         timings["model_run_s"] += t["model_run_s"]
         cells.append(make_cell(label[i], values, downstream[i], env=task))
@@ -254,6 +275,11 @@ def run_eval(
         progress(len(fitting), len(fitting), "")
     timings["compile_s"] = timings["oracle_compile_s"] + timings["model_compile_s"]
     timings["run_s"] = timings["oracle_run_s"] + timings["model_run_s"]
+    # Where compile_s went, summed over threads: tracing and lowering kernels
+    # (0 when read from the cache), XLA compiling them (or reading them back).
+    cache_after = kernel_cache.stats()
+    for name in ("trace_s", "xla_s"):
+        timings[name] = cache_after.get(name, 0.0) - cache_before.get(name, 0.0)
     timings["total_s"] = time.perf_counter() - t_start
 
     config = {

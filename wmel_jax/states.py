@@ -20,9 +20,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from wmel_jax import kernel_cache
 from wmel_jax.errors import WmelError
 from wmel_jax.oracle import DEFAULT_PRECISION, make_oracle
-from wmel_jax.oracle.base import batch_chunk, compiler_options, map_chunks
+from wmel_jax.oracle.base import batch_chunk, compiler_options, map_chunks, precision_scope
 
 __all__ = ["sample_states"]
 
@@ -63,11 +64,13 @@ def sample_states(
             raise WmelError("sample_states needs a concrete key (it is not traceable: n is a shape)")
         raise WmelError(f"key must be a JAX PRNG key (jax.random.key(seed)); got {type(key).__name__}")
     episodes = -(-n // reset_every)
-    kernel = _sampler(oracle, episodes, reset_every)
-    from wmel_jax.oracle.base import precision_scope
-
     with precision_scope(oracle.precision):
-        obs = kernel(key, jnp.asarray(action_set, oracle.dtype))
+        actions_arr = jnp.asarray(action_set, oracle.dtype)
+        # Traced once per configuration (kernel_cache), with the oracle's codegen options.
+        kernel, _ = kernel_cache.compiled(
+            _sampler(oracle, episodes, reset_every), (key, actions_arr), compiler_options(episodes * reset_every)
+        )
+        obs = kernel(key, actions_arr)
     return obs[:n]
 
 
@@ -77,7 +80,7 @@ def _is_tracer(x: Any) -> bool:
 
 @functools.lru_cache(maxsize=64)
 def _sampler(oracle, episodes: int, reset_every: int):
-    """The jitted sampler for one (oracle, episodes, reset_every): key, actions -> (episodes * reset_every, obs_dim)."""
+    """The sampler kernel for one (oracle, episodes, reset_every): key, actions -> (episodes * reset_every, obs_dim)."""
     physics = oracle.physics
     frame_skip = oracle.frame_skip
 
@@ -99,4 +102,4 @@ def _sampler(oracle, episodes: int, reset_every: int):
         obs = map_chunks(episodes_from, (d, aux, ctrls), batch_chunk())  # (episodes, reset_every, obs_dim)
         return obs.reshape(episodes * reset_every, -1)
 
-    return jax.jit(kernel, compiler_options=compiler_options())
+    return kernel

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-#: Environment variable that moves the compilation cache; "" or "off" disables it.
+#: Environment variable that moves the cache; "" or "off" disables it.
 CACHE_ENV = "WMEL_JAX_CACHE_DIR"
 
 
@@ -27,40 +27,41 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--cache-dir", metavar="DIR",
-        help=f"persistent JAX compilation cache (default: ${CACHE_ENV}, else ~/.cache/wmel-jax/jax)",
+        help=f"cache of traced kernels (DIR/kernels) and of XLA's compiled programs (DIR/xla), so that "
+        f"later runs of the same shapes start in seconds (default: ${CACHE_ENV}, else "
+        f"$XDG_CACHE_HOME/wmel-jax or ~/.cache/wmel-jax; {CACHE_ENV}=off disables it)",
     )
-    parser.add_argument("--no-cache", action="store_true", help="do not use the persistent compilation cache")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="neither read nor write the cache: trace and compile every kernel")
 
 
 def default_cache_dir() -> Path | None:
-    """$WMEL_JAX_CACHE_DIR ("" or "off": no cache), else $XDG_CACHE_HOME or ~/.cache, /wmel-jax/jax."""
+    """$WMEL_JAX_CACHE_DIR ("" or "off": no cache), else $XDG_CACHE_HOME or ~/.cache, /wmel-jax."""
     value = os.environ.get(CACHE_ENV)
     if value is not None:
         return None if value.strip().lower() in ("", "off", "0", "none") else Path(value).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "wmel-jax" / "jax"
+    return Path(base) / "wmel-jax"
 
 
 def enable_compilation_cache(cache_dir: Path | None) -> Path | None:
-    """Point JAX's persistent compilation cache at ``cache_dir`` (None: leave it off).
+    """Cache traced kernels in ``cache_dir``/kernels and XLA programs in ``cache_dir``/xla (None: neither).
 
-    Every compilation is cached (no minimum compile time): in a short run
-    compilation dominates, and even the small kernels are worth keeping.
+    See :mod:`wmel_jax.kernel_cache`: a warm process neither traces (MJX's
+    Python) nor compiles (XLA) again. A folder that cannot be created or
+    written to is reported in one warning line on stderr, and the run goes
+    on without a cache; returns the folder in use, or None.
     """
-    import jax
+    from wmel_jax import kernel_cache
 
     if cache_dir is None:
         return None
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        return kernel_cache.enable(cache_dir)
     except OSError as e:
-        print(f"wmel-jax: warning: compilation cache {str(cache_dir)!r} unusable ({e.strerror or e}); "
-              "running without it", file=sys.stderr)
+        print(f"wmel-jax: warning: cache directory {str(cache_dir)!r} is unusable ({e.strerror or e}); "
+              "running without a cache", file=sys.stderr)
         return None
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return cache_dir
 
 
 def configure_runtime(args: argparse.Namespace) -> None:

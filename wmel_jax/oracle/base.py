@@ -47,12 +47,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib.util
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Literal
 
 import jax
 import jax.numpy as jnp
+import mujoco
 import numpy as np
 
 from wmel_jax.errors import WmelError
@@ -295,6 +297,25 @@ class Physics:
         #: activations); "lapack": MJX's own stages (any model).
         self.factor = factor
         self._small_dense = factor == "elementwise"
+        # MJX's per-state stages, jitted once per Physics and called under vmap:
+        # a jitted function under vmap is traced at per-state shapes, so every
+        # call site (the sampler's scan, the oracle's step and rollout, each RK4
+        # stage) and every batch size reuses one trace instead of re-running
+        # MJX's Python: the evaluation's oracle kernel traces 2.5x faster for
+        # cartpole and acrobot, 1.6x for reacher, the sampler 2-3x
+        # (benchmarks/codegen.py). XLA inlines the calls: the results are
+        # bit-identical to the stages traced in place (checked on all tasks).
+        self._smooth_state = jax.jit(self._smooth_small_state if self._small_dense else self._smooth_general_state)
+        self._kinematics_state = jax.jit(functools.partial(mjx.kinematics, self.model))
+        # The MuJoCo model by content (sha256 of its binary MJB form), as put
+        # on the device: every number of it is baked into traced programs.
+        buffer = np.empty(mujoco.mj_sizeModel(mj_model), np.uint8)
+        mujoco.mj_saveModel(mj_model, None, buffer)
+        self._model_sha256 = hashlib.sha256(buffer.tobytes()).hexdigest()
+
+    def __wmel_cache_key__(self) -> tuple:
+        """What programs traced with this physics depend on besides the code (see wmel_jax.kernel_cache)."""
+        return (self.task, self.precision, self.solver, self.factor, self._model_sha256)
 
     # -- state construction ------------------------------------------------
 
@@ -303,7 +324,7 @@ class Physics:
         return jax.vmap(lambda qp, qv: self.template.replace(qpos=qp, qvel=qv))(qpos, qvel)
 
     def kinematics(self, d):
-        return jax.vmap(lambda x: mjx.kinematics(self.model, x))(d)
+        return jax.vmap(self._kinematics_state)(d)
 
     def state(self, obs: jax.Array):
         """obs (N, obs_dim) -> Data batch holding the physics state (qpos, qvel), nothing computed."""
@@ -333,41 +354,38 @@ class Physics:
 
     def _smooth(self, d):
         """Everything of mj_forward before the constraint solver, per state."""
+        return jax.vmap(self._smooth_state)(d)
+
+    def _smooth_general_state(self, x):
         m = self.model
-        if not self._small_dense:
+        x = mjx.fwd_position(m, x)
+        x = mjx.sensor_pos(m, x)
+        x = mjx.fwd_velocity(m, x)
+        x = mjx.sensor_vel(m, x)
+        x = mjx.fwd_actuation(m, x)
+        return mjx.fwd_acceleration(m, x)
 
-            def one(x):
-                x = mjx.fwd_position(m, x)
-                x = mjx.sensor_pos(m, x)
-                x = mjx.fwd_velocity(m, x)
-                x = mjx.sensor_vel(m, x)
-                x = mjx.fwd_actuation(m, x)
-                return mjx.fwd_acceleration(m, x)
-
-            return jax.vmap(one)(d)
-
-        def one_small(x):
-            # mjx.fwd_position's stages, with the mass matrix factored elementwise.
-            x = mjx.kinematics(m, x)
-            x = mjx.com_pos(m, x)
-            x = mjx.camlight(m, x)
-            x = mjx.tendon(m, x)
-            x = mjx.crb(m, x)
-            x = mjx.tendon_armature(m, x)
-            x = x.tree_replace({"_impl.qLD": cholesky_upper(x._impl.M)})  # = mjx.factor_m (dense)
-            x = mjx.collision(m, x)
-            x = mjx.make_constraint(m, x)
-            x = mjx.transmission(m, x)
-            x = mjx.sensor_pos(m, x)
-            x = mjx.fwd_velocity(m, x)
-            x = mjx.sensor_vel(m, x)
-            x = mjx.fwd_actuation(m, x)
-            # mjx.fwd_acceleration, solving with the factor above.
-            qfrc_smooth = x.qfrc_passive - x.qfrc_bias + x.qfrc_actuator + x.qfrc_applied + mjx.xfrc_accumulate(m, x)
-            qacc_smooth = cholesky_solve_upper(x._impl.qLD, qfrc_smooth)
-            return x.replace(qfrc_smooth=qfrc_smooth, qacc_smooth=qacc_smooth)
-
-        return jax.vmap(one_small)(d)
+    def _smooth_small_state(self, x):
+        # mjx.fwd_position's stages, with the mass matrix factored elementwise.
+        m = self.model
+        x = mjx.kinematics(m, x)
+        x = mjx.com_pos(m, x)
+        x = mjx.camlight(m, x)
+        x = mjx.tendon(m, x)
+        x = mjx.crb(m, x)
+        x = mjx.tendon_armature(m, x)
+        x = x.tree_replace({"_impl.qLD": cholesky_upper(x._impl.M)})  # = mjx.factor_m (dense)
+        x = mjx.collision(m, x)
+        x = mjx.make_constraint(m, x)
+        x = mjx.transmission(m, x)
+        x = mjx.sensor_pos(m, x)
+        x = mjx.fwd_velocity(m, x)
+        x = mjx.sensor_vel(m, x)
+        x = mjx.fwd_actuation(m, x)
+        # mjx.fwd_acceleration, solving with the factor above.
+        qfrc_smooth = x.qfrc_passive - x.qfrc_bias + x.qfrc_actuator + x.qfrc_applied + mjx.xfrc_accumulate(m, x)
+        qacc_smooth = cholesky_solve_upper(x._impl.qLD, qfrc_smooth)
+        return x.replace(qfrc_smooth=qfrc_smooth, qacc_smooth=qacc_smooth)
 
     def _solve(self, d):
         """The constraint solve of mj_forward for a batch whose smooth dynamics are done."""
@@ -582,13 +600,17 @@ def batch_chunk() -> int | None:
 def map_chunks(fn, xs: tuple, chunk: int | None):
     """fn over a batch in chunks: xs pytrees of arrays with leading axis N -> fn's outputs, leading axis N.
 
-    The last chunk is padded with copies of row 0 (valid inputs; the padded
-    results are dropped). Sequential over chunks (``lax.map``), batched within.
+    The batch is cut into the fewest chunks of at most ``chunk`` rows, of equal
+    size (5,000 rows in chunks of at most 4,096: two of 2,500, not 4,096 + 904
+    padded to 4,096); the last one is padded with copies of row 0 (valid
+    inputs; the padded results are dropped). Sequential over chunks
+    (``lax.map``), batched within.
     """
     n = jax.tree_util.tree_leaves(xs)[0].shape[0]
     if chunk is None or n <= chunk:
         return fn(*xs)
     n_chunks = -(-n // chunk)
+    chunk = -(-n // n_chunks)
     pad = n_chunks * chunk - n
 
     def split(x):
@@ -600,18 +622,42 @@ def map_chunks(fn, xs: tuple, chunk: int | None):
     return jax.tree_util.tree_map(lambda y: y.reshape((n_chunks * chunk,) + y.shape[2:])[:n], out)
 
 
-def compiler_options() -> dict[str, Any]:
+#: A problem of at most this many states in all compiles its physics kernels
+#: at XLA's backend optimisation level 0 (see :func:`compiler_options`).
+FAST_COMPILE_MAX_STATES = 512
+
+
+def compiler_options(total_states: int | None = None) -> dict[str, Any]:
     """XLA options for the physics kernels (per jit: nothing global changes).
 
     On CPU, XLA hands small dot products to YNNPACK fusions, which are slow on
     MJX's many tiny batched (3x3, 6x6, nv x nv) products: without them the
     reacher step runs ~30% faster, the RK4 tasks ~10% faster (see
-    benchmarks/oracle_throughput.py). Codegen only: the arithmetic is the same
-    operations, summed in XLA's own loops.
+    benchmarks/oracle_throughput.py). XLA:CPU's MLIR fusion emitters are
+    switched off too: XLA's classic emitters compile these kernels faster
+    and the code runs faster (the oracle's answers for 150 cartpole states
+    compile in 6.9 s instead of 9.9 s; for 4,096 states they run in 106 ms
+    instead of 160 ms; reacher and acrobot alike: benchmarks/codegen.py).
+
+    ``total_states``: the states the caller will run through the kernel in
+    all, when it knows them. When that is at most FAST_COMPILE_MAX_STATES the
+    kernel is compiled at backend optimisation level 0, which halves its
+    compile time (the oracle's answers for 150 cartpole states: 3.6 s
+    instead of 6.9 s) and costs about 0.1 ms per state at run time (18 ms
+    instead of 3 ms for those 150): seconds saved where compilation is all
+    of the time. Big problems keep the optimised code (at 4,096 states level
+    0 runs 5x slower).
+
+    Codegen only: the operations are the same (results agree with the
+    optimised code to a few float64 ulps; tests/test_oracle.py holds both to
+    the same tolerances against dm_control).
     """
-    if jax.default_backend() == "cpu":
-        return {"xla_cpu_experimental_ynn_fusion_type": ""}
-    return {}
+    if jax.default_backend() != "cpu":
+        return {}
+    options: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_use_fusion_emitters": False}
+    if total_states is not None and total_states <= FAST_COMPILE_MAX_STATES:
+        options["xla_backend_optimization_level"] = 0
+    return options
 
 
 @functools.lru_cache(maxsize=None)
@@ -698,6 +744,10 @@ class Oracle:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Oracle) and self._key() == other._key()
+
+    def __wmel_cache_key__(self) -> tuple:
+        """What the oracle's traced programs depend on besides the code (see wmel_jax.kernel_cache)."""
+        return (self._key(), self._physics, self._chunk)
 
     def __hash__(self) -> int:
         return hash(self._key())
