@@ -45,7 +45,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -201,35 +200,52 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+#: Runs argv[1:] as its child and prints that child's wall time, exit status and
+#: peak RSS as JSON. The bench starts this small wrapper instead of the command
+#: itself because Linux counts the RSS of the process that forked into the
+#: child's ru_maxrss (exec keeps the old address space's high-water mark): a
+#: child forked from the benchmark would report the benchmark's own memory.
+_WRAPPER = """
+import json, os, subprocess, sys, time
+out, err = open(sys.argv[1], 'wb'), open(sys.argv[2], 'wb')
+t0 = time.perf_counter()
+proc = subprocess.Popen(sys.argv[3:], stdout=out, stderr=err)
+_, status, usage = os.wait4(proc.pid, 0)
+wall = time.perf_counter() - t0
+print(json.dumps({'wall_s': wall, 'returncode': os.waitstatus_to_exitcode(status), 'max_rss_kb': usage.ru_maxrss}))
+"""
+
+
 def run_child(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: str | os.PathLike | None = None,
               timeout_s: float = 1800.0) -> dict[str, Any]:
-    """Run ``cmd`` as a child process; its wall time, peak RSS and exit status.
+    """Run ``cmd`` as a fresh process; its wall time, peak RSS and exit status.
 
-    The peak RSS is the child's own (``os.wait4`` returns that child's
-    rusage), in MB (10^6 bytes). stdout and stderr go to temporary files; the
-    last 2,000 characters of each are returned. The child is killed after
-    ``timeout_s``.
+    The peak RSS is the command's own (``os.wait4`` in a small wrapper
+    process, see ``_WRAPPER``), in MB (10^6 bytes); the wall time is measured
+    around the command alone. The last 2,000 characters of its stdout and
+    stderr are returned. The run is abandoned after ``timeout_s``.
     """
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env, cwd=cwd)
-        timer = threading.Timer(timeout_s, proc.kill)
-        timer.start()
+    with tempfile.TemporaryDirectory(prefix="wmel-child-") as tmp:
+        out_path, err_path = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        wrapper = subprocess.run([sys.executable, "-c", _WRAPPER, str(out_path), str(err_path), *map(str, cmd)],
+                                 capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout_s)
+        import json
+
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-        out.seek(0)
-        err.seek(0)
+            measured = json.loads(wrapper.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise RuntimeError(f"the child-process wrapper failed: {wrapper.stderr.strip()[-500:]}") from None
+
+        def tail(p: Path) -> str:
+            return p.read_text(errors="replace")[-2000:] if p.exists() else ""
+
         return {
             "command": " ".join(shlex.quote(str(c)) for c in cmd),
-            "returncode": proc.returncode,
-            "wall_s": wall,
-            "max_rss_mb": usage.ru_maxrss * 1024 / 1e6,  # Linux: kilobytes
-            "stdout_tail": out.read()[-2000:],
-            "stderr_tail": err.read()[-2000:],
+            "returncode": measured["returncode"],
+            "wall_s": measured["wall_s"],
+            "max_rss_mb": measured["max_rss_kb"] * 1024 / 1e6,  # Linux: kilobytes
+            "stdout_tail": tail(out_path),
+            "stderr_tail": tail(err_path),
         }
 
 
@@ -456,35 +472,6 @@ class ReferenceArm:
         return seconds, metrics
 
 
-def choose_torch_threads(pt: Path, task: str, states: np.ndarray, actions: np.ndarray, sequence: np.ndarray,
-                         cores: int) -> dict[str, Any]:
-    """The faster torch thread count (1 or all cores) for the batched arm, timed on its own batch.
-
-    On a machine shared with other work, torch's OpenMP threads can wait for a
-    descheduled peer; the best alternative a user could write picks the
-    faster setting, so the benchmark does too.
-    """
-    import torch
-
-    from benchmarks.batched import TorchAdapter
-
-    model = TorchAdapter(pt)
-    fake_next = np.repeat(states[:, None, :], actions.shape[0], axis=1)
-    fake_traj = np.repeat(states[None], sequence.shape[0], axis=0)
-    previous = torch.get_num_threads()
-    times = {}
-    try:
-        for threads in sorted({1, cores}):
-            torch.set_num_threads(threads)
-            model.predictions(states, actions, sequence, fake_next, fake_traj)
-            times[threads] = _median([_timed(lambda: model.predictions(states, actions, sequence, fake_next,
-                                                                       fake_traj))[1] for _ in range(3)])
-    finally:
-        torch.set_num_threads(previous)
-    best = min(times, key=times.get)
-    return {"threads": best, "calibration_s": {str(k): v for k, v in times.items()}, "n_states": int(states.shape[0])}
-
-
 def _ratio(num: float | None, den: float | None) -> float | None:
     if num is None or den is None or den <= 0:
         return None
@@ -519,13 +506,18 @@ def _padded(n: int, chunk: int) -> int:
     return -(-n // size) * size
 
 
-def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, Any], torch_threads: int,
+def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, Any], torch_threads: Sequence[int],
                threads: int, chunk: int, compiled: dict[str, float]) -> tuple[list[dict], dict[str, Any]]:
     """Every (size, N) configuration of one task, plus the sweep and upstream runs when they are this task's.
 
     Returns (config rows, extras {"sweep": ..., "upstream": ..., "sampling_s": ...}).
-    ``compiled`` collects compile seconds by kernel shape, so later
-    measurements on an already compiled shape can state what they reuse.
+    ``torch_threads``: the thread counts the batched arm's torch is timed
+    with in every repetition; its time is the best setting's median (on a
+    machine shared with other work, torch's OpenMP threads can wait for a
+    descheduled peer, and the best alternative a user could write would pick
+    the faster setting). ``compiled`` collects compile seconds by kernel
+    shape, so later measurements on an already compiled shape can state what
+    they reuse.
     """
     import torch
 
@@ -561,7 +553,7 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
     flops = {size: network_flops(wmel[size].params) for size in sizes}
     rows: list[dict] = []
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(torch_threads)
+    torch.set_num_threads(max(torch_threads))
     oracle = NativeTaskOracle(task, 1, threads)
     try:
         for n in ns:
@@ -587,13 +579,13 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
             w_oracle, w_oracle_kernel, b_oracle, native_run = [], [], [], []
             w_model = {s: [] for s in n_sizes}
             w_model_kernel = {s: [] for s in n_sizes}
-            b_model = {s: [] for s in n_sizes}
+            b_model = {s: {th: [] for th in torch_threads} for s in n_sizes}
             qpos, qvel, _ = oracle.qpos_qvel_aux(states)
             one_step_start = oracle.native.states(np.repeat(qpos, a, axis=0), np.repeat(qvel, a, axis=0))
             one_step_ctrl = np.tile(actions, (n, 1))[:, None, :]
             traj_start = oracle.native.states(qpos, qvel)
             traj_ctrl = sequence[None]
-            for _ in range(plan.runs):
+            for _ in range(plan.runs if n_sizes else 0):  # an N only the sweep or upstream run needs: no rows
                 targets, s = _timed(lambda: oracle_targets(problem, chunk))
                 w_oracle.append(s)
                 w_oracle_kernel.append(targets.timings["oracle_run_s"])
@@ -606,9 +598,12 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
                     (_, t), s = _timed(lambda: model_metrics(wmel[size], problem, targets, chunk))
                     w_model[size].append(s)
                     w_model_kernel[size].append(t["model_run_s"])
-                    _, s = _timed(lambda: torch_metrics(torch_models[size], task, states, actions, sequence, nat,
-                                                        chunk))
-                    b_model[size].append(s)
+                    for th in torch_threads:
+                        torch.set_num_threads(th)
+                        _, s = _timed(lambda: torch_metrics(torch_models[size], task, states, actions, sequence,
+                                                            nat, chunk))
+                        b_model[size][th].append(s)
+                    torch.set_num_threads(max(torch_threads))
             padded = _padded(n, chunk)
             oracle_steps = n * a + n * k  # frame_skip 1
             for size in n_sizes:
@@ -616,7 +611,10 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
                 ref_s = per_state * n
                 warm = _median(w_oracle) + _median(w_model[size])
                 cold = oracle_first + model_first[size]
-                batched = _median(b_oracle) + _median(b_model[size])
+                by_threads = {th: _median(v) for th, v in b_model[size].items()}
+                best_threads = min(by_threads, key=by_threads.get)
+                batched_model = by_threads[best_threads]
+                batched = _median(b_oracle) + batched_model
                 kflop = kernel_flops(flops[size], padded, a, k)
                 tflop = kernel_flops(flops[size], n, a, k)
                 row = {
@@ -624,9 +622,10 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
                     "chunk_states": min(n, chunk), "model": models[(task, size)].label,
                     "reference": {"time_s": ref_s, "per_state_s": per_state, "extrapolated_from": subset,
                                   **_throughput(ref_s, n, a)},
-                    "batched": {"time_s": batched, "oracle_s": _median(b_oracle), "model_s": _median(b_model[size]),
+                    "batched": {"time_s": batched, "oracle_s": _median(b_oracle), "model_s": batched_model,
+                                "model_s_by_torch_threads": {str(th): v for th, v in by_threads.items()},
                                 "first_call_s": batched_first + batched_model_first[size], "runs": plan.runs,
-                                "torch_threads": torch_threads, "mujoco_threads": threads,
+                                "torch_threads": best_threads, "mujoco_threads": threads,
                                 **_throughput(batched, n, a)},
                     "wmel_jax": {"warm_s": warm, "oracle_s": _median(w_oracle), "model_s": _median(w_model[size]),
                                  "oracle_kernel_s": _median(w_oracle_kernel),
@@ -641,8 +640,8 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
                     "network": {"kernel_gflop": kflop / 1e9,
                                 "kernel_gflop_per_s": kflop / _median(w_model_kernel[size]) / 1e9,
                                 "fraction_of_peak": kflop / _median(w_model_kernel[size]) / 1e9 / peak["peak_gflops"],
-                                "torch_gflop_per_s": tflop / _median(b_model[size]) / 1e9,
-                                "torch_fraction_of_peak": tflop / _median(b_model[size]) / 1e9 / peak["peak_gflops"],
+                                "torch_gflop_per_s": tflop / batched_model / 1e9,
+                                "torch_fraction_of_peak": tflop / batched_model / 1e9 / peak["peak_gflops"],
                                 "padded_states": padded},
                     "physics": {"steps": oracle_steps,
                                 "oracle_steps_per_s": (padded * (a + k)) / _median(w_oracle_kernel),
@@ -655,8 +654,9 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
                 _say(_row_line(row))
 
             if sweep and n == sweep[2]:
+                single = _find(rows, task=task, size=1, n_states=n)
                 extras["sweep"] = _bench_sweep(task, plan, models["sweep"], problem, states, actions, sequence,
-                                               ref, oracle, chunk, torch_threads, compiled)
+                                               ref, oracle, chunk, single, compiled)
             if upstream and n == upstream[1]:
                 extras["upstream"] = _bench_upstream(task, plan, models["upstream"], problem, full, sequence,
                                                      chunk, compiled)
@@ -676,23 +676,34 @@ def _row_line(r: dict) -> str:
 
 def _bench_sweep(task: str, plan: Plan, sweep_models: list[BenchModel], problem: Any, states: np.ndarray,
                  actions: np.ndarray, sequence: np.ndarray, ref: ReferenceArm, oracle: Any, chunk: int,
-                 torch_threads: int, compiled: dict[str, float]) -> dict[str, Any]:
-    """Ten checkpoints of one architecture on one problem: the oracle once, every model after it."""
+                 single: dict | None, compiled: dict[str, float]) -> dict[str, Any]:
+    """Ten checkpoints of one architecture on one problem: the oracle once, every model after it.
+
+    wmel-jax is measured (``plan.sweep_runs`` passes). The batched arm is
+    measured too in full mode, with the torch thread count that was faster
+    on the size-1 single-checkpoint measurement of this N (``single``); in
+    quick mode it is estimated from that measurement as oracle + checkpoints x
+    model (the checkpoints differ only in their weights), and says so.
+    """
+    import torch
+
     import wmel_jax
     from benchmarks.batched import TorchAdapter, native_targets, torch_metrics
     from wmel_jax.evaluate import model_metrics, oracle_targets
 
     n = problem.n_states
     a = actions.shape[0]
+    count = len(sweep_models)
     wmel = [wmel_jax.load(m.converted) for m in sweep_models]
-    torch_models = [TorchAdapter(m.pt) for m in sweep_models]
+    measure_batched = plan.mode == "full" or single is None
+    torch_models = [TorchAdapter(m.pt) for m in sweep_models] if measure_batched else []
+    threads = single["batched"]["torch_threads"] if single else torch.get_num_threads()
     passes_w, passes_b, first_compile = [], [], None
     model_s_w: list[list[float]] = []
     model_s_b: list[list[float]] = []
-    for p in range(plan.sweep_runs):
+    for _ in range(plan.sweep_runs):
         t0 = time.perf_counter()
         targets = oracle_targets(problem, chunk)
-        o_w = time.perf_counter() - t0
         per = []
         compile_s = 0.0
         for model in wmel:
@@ -703,40 +714,51 @@ def _bench_sweep(task: str, plan: Plan, sweep_models: list[BenchModel], problem:
         model_s_w.append(per)
         if first_compile is None:
             first_compile = compile_s + targets.timings["oracle_compile_s"]
-        t0 = time.perf_counter()
-        nat = native_targets(oracle, states, actions, sequence)
-        per = []
-        for model in torch_models:
-            _, s = _timed(lambda: torch_metrics(model, task, states, actions, sequence, nat, chunk))
-            per.append(s)
-        passes_b.append(time.perf_counter() - t0)
-        model_s_b.append(per)
+        if measure_batched:
+            previous = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                t0 = time.perf_counter()
+                nat = native_targets(oracle, states, actions, sequence)
+                per = []
+                for model in torch_models:
+                    _, s = _timed(lambda: torch_metrics(model, task, states, actions, sequence, nat, chunk))
+                    per.append(s)
+                passes_b.append(time.perf_counter() - t0)
+                model_s_b.append(per)
+            finally:
+                torch.set_num_threads(previous)
     m = min(plan.sweep_reference_subset, n)
     ref_seconds = [ref.seconds(mod.pt, states[:m])[0] for mod in sweep_models]
     ref_total = sum(ref_seconds) * n / m
     warm = _median(passes_w)
-    batched = _median(passes_b)
+    if measure_batched:
+        batched = {"time_s": _median(passes_b), "model_s": [_median(x) for x in zip(*model_s_b)],
+                   "estimated_from_single_checkpoint": False}
+    else:
+        batched = {"time_s": single["batched"]["oracle_s"] + count * single["batched"]["model_s"],
+                   "model_s": None, "estimated_from_single_checkpoint": True}
     shape = min(n, chunk)
     shared = (compiled.get(f"oracle/{task}/{shape}", 0.0) + compiled.get(f"model/{task}/size1/{shape}", 0.0))
     out = {
-        "task": task, "n_states": n, "n_actions": a, "n_checkpoints": len(sweep_models), "size": 1,
+        "task": task, "n_states": n, "n_actions": a, "n_checkpoints": count, "size": 1,
         "passes": plan.sweep_runs,
         "reference": {"time_s": ref_total, "extrapolated_from": m, "per_checkpoint_subset_s": ref_seconds,
-                      **_throughput(ref_total / len(sweep_models), n, a)},
-        "batched": {"time_s": batched, "model_s": [_median(x) for x in zip(*model_s_b)],
-                    "torch_threads": torch_threads, **_throughput(batched / len(sweep_models), n, a)},
+                      **_throughput(ref_total / count, n, a)},
+        "batched": {**batched, "torch_threads": threads, **_throughput(batched["time_s"] / count, n, a)},
         "wmel_jax": {"warm_s": warm, "model_s": [_median(x) for x in zip(*model_s_w)],
                      "compile_s_in_sweep": first_compile,
                      "cold_s": warm + (first_compile or 0.0) + shared,
                      "compile_s_shared": shared,
-                     **_throughput(warm / len(sweep_models), n, a)},
-        "ratios": {"wmel_over_reference": _ratio(ref_total, warm), "wmel_over_batched": _ratio(batched, warm)},
+                     **_throughput(warm / count, n, a)},
+        "ratios": {"wmel_over_reference": _ratio(ref_total, warm), "wmel_over_batched": _ratio(batched["time_s"], warm)},
         "note": ("throughputs are per checkpoint (states x checkpoints / s); the architecture is the size-1 "
                  "example's, so the kernel compiled for the size-1 measurement serves every checkpoint; "
                  "cold_s adds the compile seconds it reuses"),
     }
-    _say(f"[{task}] sweep of {len(sweep_models)} checkpoints at N={n}: wmel-jax {warm:.2f} s, batched "
-         f"{batched:.2f} s, reference {ref_total:.0f} s (extrapolated from {m} states each); "
+    est = " (estimated from the single-checkpoint run)" if batched["estimated_from_single_checkpoint"] else ""
+    _say(f"[{task}] sweep of {count} checkpoints at N={n}: wmel-jax {warm:.2f} s, batched "
+         f"{batched['time_s']:.2f} s{est}, reference {ref_total:.0f} s (extrapolated from {m} states each); "
          f"x{out['ratios']['wmel_over_reference']:.1f} vs reference, x{out['ratios']['wmel_over_batched']:.2f} vs batched")
     return out
 
@@ -948,7 +970,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Arms: **reference** = per-sample path (torch batch-of-1, dm_control one state at a time), timed on a "
         "subset of the states and scaled linearly to N (column *ref. from*); **batched** = batched torch "
-        f"({result['torch']['threads']} thread(s), picked by timing 1 vs all cores) + native `mujoco.rollout` "
+        f"(timed with {' and '.join(map(str, result['torch_threads_tried']))} thread(s) in every repetition, the "
+        "faster counts) + native `mujoco.rollout` "
         f"({m['cores']} threads), the same metrics; **wmel-jax** warm = median of {result['plan']['runs']} runs "
         "after compilation, cold = first call in the process (compilation included, no persistent cache).",
         "",
@@ -982,7 +1005,8 @@ def markdown(result: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|",
             f"| reference | {s['reference']['time_s']:.4g} | {s['reference']['extrapolated_from']} "
             f"| {s['reference']['states_per_s']:,.0f} | {_f(s['ratios']['wmel_over_reference'], '.1f')} |",
-            f"| batched | {s['batched']['time_s']:.4g} | | {s['batched']['states_per_s']:,.0f} "
+            f"| batched{' (estimated: oracle + checkpoints x one model)' if s['batched']['estimated_from_single_checkpoint'] else ''} "
+            f"| {s['batched']['time_s']:.4g} | | {s['batched']['states_per_s']:,.0f} "
             f"| {_f(s['ratios']['wmel_over_batched'], '.2f')} |",
             f"| wmel-jax warm | {s['wmel_jax']['warm_s']:.4g} | | {s['wmel_jax']['states_per_s']:,.0f} | 1 |",
             f"| wmel-jax cold | {s['wmel_jax']['cold_s']:.4g} | | | |",
@@ -1199,22 +1223,10 @@ def run(plan: Plan, out_dir: str | os.PathLike, command: str, torch_threads: int
         folder = Path(tmp)
         models, build_s = _timed(lambda: build_models(plan, folder))
         _say(f"built and converted the checkpoints in {build_s:.1f} s")
-        # The torch thread count of the batched arm, on the first task's size-1 (or first) model.
-        first_task, first_size, _ = plan.configs[0] if plan.configs else (TARGET_TASK, 1, 150)
-        probe_model = models.get((first_task, first_size))
-        if torch_threads:
-            torch_choice = {"threads": int(torch_threads), "calibration_s": None, "n_states": None}
-        elif probe_model is not None:
-            from wmel_jax.evaluate import make_problem
-
-            p = make_problem(first_task, _default_actions(first_task), n_states=25, k_steps=K_STEPS, seed=SEED)
-            states = np.repeat(np.asarray(p.states), 80, axis=0)  # 2,000 states: the batch sizes the arm sees
-            torch_choice = choose_torch_threads(probe_model.pt, first_task, states, np.asarray(p.actions),
-                                                np.asarray(p.action_sequence), threads)
-        else:
-            torch_choice = {"threads": threads, "calibration_s": None, "n_states": None}
-        _say(f"batched arm: torch with {torch_choice['threads']} thread(s) {torch_choice['calibration_s'] or ''}")
-        peak = matmul_peak(plan.matmul_n, torch_threads=torch_choice["threads"])
+        torch_threads_tried = (int(torch_threads),) if torch_threads else tuple(sorted({1, threads}))
+        _say(f"batched arm: torch timed with {' and '.join(map(str, torch_threads_tried))} thread(s), "
+             "the faster counts")
+        peak = matmul_peak(plan.matmul_n, torch_threads=threads)
         _say(f"matmul peak: numpy {peak['numpy_gflops']:.0f}, jax {peak['jax_gflops']:.0f}, "
              f"torch {_f(peak.get('torch_gflops'), '.0f')} GFLOP/s")
         rows: list[dict] = []
@@ -1224,7 +1236,7 @@ def run(plan: Plan, out_dir: str | os.PathLike, command: str, torch_threads: int
         tasks = list(dict.fromkeys([t for t, _, _ in plan.configs]
                                    + ([plan.sweep[0]] if plan.sweep else []) + ([plan.upstream[0]] if plan.upstream else [])))
         for task in tasks:
-            r, e = bench_task(task, plan, models, peak, torch_choice["threads"], threads, chunk, compiled)
+            r, e = bench_task(task, plan, models, peak, torch_threads_tried, threads, chunk, compiled)
             rows += r
             for key in ("sweep", "upstream"):
                 if key in e:
@@ -1253,7 +1265,7 @@ def run(plan: Plan, out_dir: str | os.PathLike, command: str, torch_threads: int
         "machine": machine,
         "plan": plan.to_dict(),
         "chunk_states": chunk,
-        "torch": torch_choice,
+        "torch_threads_tried": list(torch_threads_tried),
         "peak": peak,
         "sampling": sampled,
         "configs": rows,
