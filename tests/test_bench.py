@@ -170,6 +170,8 @@ def _row(task: str, size: int, n: int, warm: float, ref: float, batched: float) 
         "ratios": {"wmel_over_reference": ref / warm, "wmel_over_batched": batched / warm,
                    "cold_wmel_over_reference": ref / (warm + 10)},
         "network": {"kernel_gflop": 1e-5 * n, "kernel_gflop_per_s": 100.0, "fraction_of_peak": 0.25,
+                    "shape_peak_gflops": 150.0, "shape_peak_rows": 4096, "fraction_of_shape_peak": 0.67,
+                    "observation_metrics_gflop": 6e-6 * n,
                     "torch_gflop_per_s": 80.0, "torch_fraction_of_peak": 0.2, "padded_states": n},
         "physics": {"steps": 15 * n, "oracle_steps_per_s": 4e5, "native_steps_per_s": 2e5,
                     "fraction_of_native": 2.0},
