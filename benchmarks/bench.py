@@ -189,8 +189,12 @@ def make_plan(mode: str, tasks: Sequence[str] | None = None, sizes: Sequence[int
 # --------------------------------------------------------------------------- #
 
 
+_T0 = time.perf_counter()
+
+
 def _say(msg: str) -> None:
-    print(msg, flush=True)
+    """A progress line, stamped with the seconds since the benchmark module loaded."""
+    print(f"[{time.perf_counter() - _T0:6.0f} s] {msg}" if msg else "", flush=True)
 
 
 def _median(xs: Sequence[float]) -> float:
@@ -304,8 +308,8 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def matmul_peak(n: int, runs: int = 5, torch_threads: int | None = None) -> dict[str, Any]:
-    """The machine's float32 matmul rate (GFLOP/s): numpy, jax (jit) and torch, n x n x n, median of runs."""
+def matmul_peak(n: int, runs: int = 7, torch_threads: int | None = None) -> dict[str, Any]:
+    """The machine's float32 matmul rate (GFLOP/s): numpy, jax (jit) and torch, n x n x n, best of ``runs``."""
     import jax
     import jax.numpy as jnp
 
@@ -316,7 +320,7 @@ def matmul_peak(n: int, runs: int = 5, torch_threads: int | None = None) -> dict
 
     def rate(fn: Callable[[], Any]) -> float:
         fn()
-        return flop / _median([_timed(fn)[1] for _ in range(runs)]) / 1e9
+        return flop / min(_timed(fn)[1] for _ in range(runs)) / 1e9  # a peak: the best run
 
     out = {"n": n, "flop": flop, "numpy_gflops": rate(lambda: a @ b)}
     ja, jb = jnp.asarray(a), jnp.asarray(b)
@@ -337,7 +341,7 @@ def matmul_peak(n: int, runs: int = 5, torch_threads: int | None = None) -> dict
     return out
 
 
-def layer_shapes_peak(params: dict[str, Any], rows: int, runs: int = 5) -> dict[str, float]:
+def layer_shapes_peak(params: dict[str, Any], rows: int, runs: int = 7) -> dict[str, float]:
     """The matmul rate (GFLOP/s) at the model's own layer shapes: the ceiling for its network work.
 
     A jitted chain of plain float32 matmuls, ``rows`` x (each linear layer's
@@ -357,10 +361,11 @@ def layer_shapes_peak(params: dict[str, Any], rows: int, runs: int = 5) -> dict[
         kernels = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params[name])[0]
                    if getattr(path[-1], "key", None) == "kernel"]
         if kernels:
-            chains.append([jnp.asarray(rng.standard_normal(k.shape, dtype=np.float32) / np.sqrt(k.shape[0]))
+            # float32 explicitly: with jax_enable_x64 a float64 scale would promote the weights.
+            chains.append([jnp.asarray(rng.standard_normal(k.shape) / np.sqrt(k.shape[0]), jnp.float32)
                            for k in kernels])
             flop += sum(2.0 * rows * k.shape[0] * k.shape[1] for k in kernels)
-    inputs = [jnp.asarray(rng.standard_normal((rows, c[0].shape[0]), dtype=np.float32)) for c in chains]
+    inputs = [jnp.asarray(rng.standard_normal((rows, c[0].shape[0])), jnp.float32) for c in chains]
 
     @jax.jit
     def run(inputs, chains):
@@ -372,7 +377,7 @@ def layer_shapes_peak(params: dict[str, Any], rows: int, runs: int = 5) -> dict[
         return outs
 
     jax.block_until_ready(run(inputs, chains))
-    seconds = _median([_timed(lambda: jax.block_until_ready(run(inputs, chains)))[1] for _ in range(runs)])
+    seconds = min(_timed(lambda: jax.block_until_ready(run(inputs, chains)))[1] for _ in range(runs))  # best run
     return {"rows": rows, "gflop": flop / 1e9, "gflops": flop / seconds / 1e9}
 
 
@@ -586,7 +591,8 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
          f"every N uses a prefix of them")
     sequence = np.asarray(full.action_sequence)
     a, k = actions.shape[0], sequence.shape[0]
-    extras: dict[str, Any] = {"sampling_s": sampling_s, "n_sampled": n_max}
+    extras: dict[str, Any] = {"sampling_s": sampling_s, "n_sampled": n_max, "states": np.asarray(full.states),
+                              "sequence": sequence}
 
     # The reference: seconds per state, once per model (its cost per state does not depend on N).
     ref = ReferenceArm(task, actions, sequence)
@@ -638,7 +644,8 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
             one_step_ctrl = np.tile(actions, (n, 1))[:, None, :]
             traj_start = oracle.native.states(qpos, qvel)
             traj_ctrl = sequence[None]
-            for _ in range(plan.runs if n_sizes else 0):  # an N only the sweep or upstream run needs: no rows
+            chosen_threads: dict[int, int] = {}
+            for rep in range(plan.runs if n_sizes else 0):  # an N only the sweep or upstream run needs: no rows
                 targets, s = _timed(lambda: oracle_targets(problem, chunk))
                 w_oracle.append(s)
                 w_oracle_kernel.append(targets.timings["oracle_run_s"])
@@ -651,11 +658,14 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
                     (_, t), s = _timed(lambda: model_metrics(wmel[size], problem, targets, chunk))
                     w_model[size].append(s)
                     w_model_kernel[size].append(t["model_run_s"])
-                    for th in torch_threads:
+                    # Every thread count in the first repetition; the faster one after that.
+                    for th in torch_threads if rep == 0 else (chosen_threads[size],):
                         torch.set_num_threads(th)
                         _, s = _timed(lambda: torch_metrics(torch_models[size], task, states, actions, sequence,
                                                             nat, chunk))
                         b_model[size][th].append(s)
+                    if rep == 0:
+                        chosen_threads[size] = min(torch_threads, key=lambda th: b_model[size][th][0])
                     torch.set_num_threads(max(torch_threads))
             padded = _padded(n, chunk)
             oracle_steps = n * a + n * k  # frame_skip 1
@@ -665,7 +675,7 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
                 warm = _median(w_oracle) + _median(w_model[size])
                 cold = oracle_first + model_first[size]
                 by_threads = {th: _median(v) for th, v in b_model[size].items()}
-                best_threads = min(by_threads, key=by_threads.get)
+                best_threads = chosen_threads[size]
                 batched_model = by_threads[best_threads]
                 batched = _median(b_oracle) + batched_model
                 kflop = kernel_flops(flops[size], padded, a, k)
@@ -703,9 +713,9 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
                                 "padded_states": padded},
                     "physics": {"steps": oracle_steps,
                                 "oracle_steps_per_s": (padded * (a + k)) / _median(w_oracle_kernel),
-                                "native_steps_per_s": oracle_steps / _median(native_run),
+                                "native_steps_per_s": oracle_steps / min(native_run),
                                 "fraction_of_native": (padded * (a + k)) / _median(w_oracle_kernel)
-                                / (oracle_steps / _median(native_run))},
+                                / (oracle_steps / min(native_run))},
                     "agreement": _agreement(ours[size], theirs[size]),
                 }
                 rows.append(row)
@@ -1030,8 +1040,13 @@ def markdown(result: dict[str, Any]) -> str:
         f"{m['cpu']}, {m['cores']} cores, {_f(m.get('ram_gb'), '.0f')} GB RAM; device: {m['device']}; "
         f"jax {m['jax']}, jaxlib {m['jaxlib']}, mujoco {m['mujoco']}, torch {m.get('torch')}; {m['date']}; "
         f"load average at start {', '.join(f'{v:.1f}' for v in m.get('loadavg_start', []))}.  ",
-        f"Wall time of the whole run: {result['wall_s']:.0f} s. Timings on a shared machine are noisy: "
-        "the ratios, measured in one run with the arms taking turns, are what count.",
+        f"Wall time of the whole run: {result['wall_s']:.0f} s"
+        + (f" ({', '.join(f'{k[:-2]} {v:.0f} s' for k, v in result['phases_s'].items())}; of which in-process "
+           f"compilation {sum((result.get('compile_s') or {}).values()):.0f} s and state sampling, compile "
+           f"included, {sum(v['seconds'] for v in (result.get('sampling') or {}).values()):.0f} s)"
+           if result.get("phases_s") else "")
+        + ". Timings on a shared machine are noisy: the ratios, measured in one run with the arms taking turns, "
+        "are what count.",
         "",
         "Arms: **reference** = per-sample path (torch batch-of-1, dm_control one state at a time), timed on a "
         "subset of the states and scaled linearly to N (column *ref. from*); **batched** = batched torch "
@@ -1116,8 +1131,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## Fraction of the machine's peak",
         "",
-        f"Matmul peak (float32, {peak['n']}^3): numpy {peak['numpy_gflops']:.0f}, jax {peak['jax_gflops']:.0f}, "
-        f"torch {_f(peak.get('torch_gflops'), '.0f')} GFLOP/s; peak = {peak['peak_gflops']:.0f} GFLOP/s. "
+        f"Matmul peak (float32, {peak['n']}^3, best run, the better of the run's start and end): numpy "
+        f"{peak['numpy_gflops']:.0f}, jax {peak['jax_gflops']:.0f}, torch {_f(peak.get('torch_gflops'), '.0f')} "
+        f"GFLOP/s; peak = {peak['peak_gflops']:.0f} GFLOP/s. "
         "Network FLOPs count 2 x in x out per linear layer (elementwise work not counted), on the states the "
         "kernel computes (the last chunk padded); *matmul at layer shapes* is a chain of plain matmuls with the "
         "model's own layer shapes and the kernel's row count (chunk x actions), the ceiling for such skinny "
@@ -1295,39 +1311,40 @@ def run(plan: Plan, out_dir: str | os.PathLike, command: str, torch_threads: int
         torch_threads_tried = (int(torch_threads),) if torch_threads else tuple(sorted({1, threads}))
         _say(f"batched arm: torch timed with {' and '.join(map(str, torch_threads_tried))} thread(s), "
              "the faster counts")
-        peak = matmul_peak(plan.matmul_n, torch_threads=threads)
+        phases: dict[str, float] = {"build_models_s": build_s}
+        peak, phases["matmul_peak_s"] = _timed(lambda: matmul_peak(plan.matmul_n, torch_threads=threads))
         _say(f"matmul peak: numpy {peak['numpy_gflops']:.0f}, jax {peak['jax_gflops']:.0f}, "
              f"torch {_f(peak.get('torch_gflops'), '.0f')} GFLOP/s")
         rows: list[dict] = []
         extras: dict[str, Any] = {}
         compiled: dict[str, float] = {}
         sampled: dict[str, Any] = {}
+        task_states: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         tasks = list(dict.fromkeys([t for t, _, _ in plan.configs]
                                    + ([plan.sweep[0]] if plan.sweep else []) + ([plan.upstream[0]] if plan.upstream else [])))
         for task in tasks:
-            r, e = bench_task(task, plan, models, peak, torch_threads_tried, threads, chunk, compiled)
+            (r, e), phases[f"{task}_s"] = _timed(
+                lambda: bench_task(task, plan, models, peak, torch_threads_tried, threads, chunk, compiled))
             rows += r
             for key in ("sweep", "upstream"):
                 if key in e:
                     extras[key] = e[key]
             sampled[task] = {"n": e["n_sampled"], "seconds": e["sampling_s"]}
+            task_states[task] = (e["states"], e["sequence"])
         cold_rows: list[dict] = []
         if plan.cold_process:
-            cold_rows = bench_cold_processes(plan, models[(TARGET_TASK, 1)].converted if (TARGET_TASK, 1) in models
-                                             else _example(TARGET_TASK), TARGET_TASK, folder)
+            model = models[(TARGET_TASK, 1)].converted if (TARGET_TASK, 1) in models else _example(TARGET_TASK)
+            cold_rows, phases["cold_processes_s"] = _timed(
+                lambda: bench_cold_processes(plan, model, TARGET_TASK, folder))
         memory_rows: list[dict] = []
         if plan.memory:
-            from wmel_jax.evaluate import make_problem
-
-            def states_for(task: str, n: int) -> np.ndarray:
-                return np.asarray(make_problem(task, _default_actions(task), n_states=n, k_steps=K_STEPS,
-                                               seed=SEED).states)
-
-            def sequence_for(task: str) -> np.ndarray:
-                return np.asarray(make_problem(task, _default_actions(task), n_states=2, k_steps=K_STEPS,
-                                               seed=SEED).action_sequence)
-
-            memory_rows = bench_memory(plan, models, states_for, sequence_for, folder)
+            memory_rows, phases["memory_s"] = _timed(lambda: bench_memory(
+                plan, models, lambda task, n: task_states[task][0][:n], lambda task: task_states[task][1], folder))
+        # The peak again at the end; the better of the two is the machine's (the machine may be shared).
+        again = matmul_peak(plan.matmul_n, torch_threads=threads)
+        peak = {**{k: max(v, again[k]) if k.endswith("_gflops") and v and again.get(k) else v
+                   for k, v in peak.items()}, "start": peak, "end": again}
+        _apply_peak(rows, peak["peak_gflops"])
     result = {
         "mode": plan.mode,
         "command": command,
@@ -1343,6 +1360,7 @@ def run(plan: Plan, out_dir: str | os.PathLike, command: str, torch_threads: int
         "cold_process": cold_rows,
         "memory": memory_rows,
         "compile_s": compiled,
+        "phases_s": phases,
         "notes": [
             "reference times are measured on a subset of the states (extrapolated_from) and scaled linearly to N",
             "wmel-jax's model kernel also computes the latent-space metrics; the batched arm computes them too; "
@@ -1354,11 +1372,18 @@ def run(plan: Plan, out_dir: str | os.PathLike, command: str, torch_threads: int
     result["wall_s"] = time.perf_counter() - t_start
     result["targets"] = evaluate_targets(result)
     paths = write_outputs(result, out_dir)
-    _say("")
-    _say(markdown(result))
+    print("\n" + markdown(result), flush=True)
     for p in paths:
         _say(f"wrote {p}")
     return result
+
+
+def _apply_peak(rows: list[dict], peak_gflops: float) -> None:
+    """Each row's fractions of the large-matmul peak, against the run's final peak."""
+    for r in rows:
+        nw = r["network"]
+        nw["fraction_of_peak"] = nw["kernel_gflop_per_s"] / peak_gflops
+        nw["torch_fraction_of_peak"] = nw["torch_gflop_per_s"] / peak_gflops
 
 
 def _example(task: str) -> Path:
