@@ -58,6 +58,7 @@ __all__ = [
     "markdown",
     "plot",
     "write_outputs",
+    "output_stem",
     "run_child",
     "network_flops",
     "kernel_flops",
@@ -644,7 +645,7 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
             one_step_ctrl = np.tile(actions, (n, 1))[:, None, :]
             traj_start = oracle.native.states(qpos, qvel)
             traj_ctrl = sequence[None]
-            chosen_threads: dict[int, int] = {}
+            live_threads: dict[int, list[int]] = {}
             for rep in range(plan.runs if n_sizes else 0):  # an N only the sweep or upstream run needs: no rows
                 targets, s = _timed(lambda: oracle_targets(problem, chunk))
                 w_oracle.append(s)
@@ -658,14 +659,16 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
                     (_, t), s = _timed(lambda: model_metrics(wmel[size], problem, targets, chunk))
                     w_model[size].append(s)
                     w_model_kernel[size].append(t["model_run_s"])
-                    # Every thread count in the first repetition; the faster one after that.
-                    for th in torch_threads if rep == 0 else (chosen_threads[size],):
+                    # Every thread count in every repetition, except one whose first call took over twice
+                    # the best first call (torch's threads stalled by other work: each call costs seconds).
+                    for th in torch_threads if rep == 0 else live_threads[size]:
                         torch.set_num_threads(th)
                         _, s = _timed(lambda: torch_metrics(torch_models[size], task, states, actions, sequence,
                                                             nat, chunk))
                         b_model[size][th].append(s)
                     if rep == 0:
-                        chosen_threads[size] = min(torch_threads, key=lambda th: b_model[size][th][0])
+                        best_first = min(b_model[size][th][0] for th in torch_threads)
+                        live_threads[size] = [th for th in torch_threads if b_model[size][th][0] <= 2 * best_first]
                     torch.set_num_threads(max(torch_threads))
             padded = _padded(n, chunk)
             oracle_steps = n * a + n * k  # frame_skip 1
@@ -675,7 +678,7 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
                 warm = _median(w_oracle) + _median(w_model[size])
                 cold = oracle_first + model_first[size]
                 by_threads = {th: _median(v) for th, v in b_model[size].items()}
-                best_threads = chosen_threads[size]
+                best_threads = min(live_threads[size], key=by_threads.get)  # the faster median
                 batched_model = by_threads[best_threads]
                 batched = _median(b_oracle) + batched_model
                 kflop = kernel_flops(flops[size], padded, a, k)
@@ -1034,7 +1037,9 @@ def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     peak = result["peak"]
     lines = [
-        f"# wmel-jax bench ({result['mode']} mode)",
+        f"# wmel-jax bench ({result['mode']} mode"
+        + (", only " + "; ".join(f"{k} {' '.join(map(str, v))}" for k, v in result["filters"].items())
+           if result.get("filters") else "") + ")",
         "",
         f"`{result['command']}`  ",
         f"{m['cpu']}, {m['cores']} cores, {_f(m.get('ram_gb'), '.0f')} GB RAM; device: {m['device']}; "
@@ -1051,7 +1056,8 @@ def markdown(result: dict[str, Any]) -> str:
         "Arms: **reference** = per-sample path (torch batch-of-1, dm_control one state at a time), timed on a "
         "subset of the states and scaled linearly to N (column *ref. from*); **batched** = batched torch "
         f"(timed with {' and '.join(map(str, result['torch_threads_tried']))} thread(s) in every repetition, the "
-        "faster counts) + native `mujoco.rollout` "
+        "faster median counts; a count whose first call took over twice the best is dropped) + native "
+        "`mujoco.rollout` "
         f"({m['cores']} threads), the same metrics; **wmel-jax** warm = median of {result['plan']['runs']} runs "
         "after compilation, cold = first call in the process (compilation included, no persistent cache).",
         "",
@@ -1270,13 +1276,24 @@ def plot(result: dict[str, Any], path: str | os.PathLike) -> None:
         f.write(buf.getvalue())
 
 
+def output_stem(mode: str, filters: dict[str, Any] | None = None) -> str:
+    """``bench_<mode>``; a run narrowed by --tasks/--sizes/--n gets the filters appended, so it never
+    replaces the mode's complete results."""
+    stem = f"bench_{mode}"
+    for key in ("tasks", "sizes", "n"):
+        values = (filters or {}).get(key)
+        if values:
+            stem += "_" + "-".join(str(v).split("-")[0] if key == "tasks" else str(v) for v in values)
+    return stem
+
+
 def write_outputs(result: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
-    """bench_<mode>.json, .md and .png in ``out_dir``, each written atomically; returns the paths."""
+    """<stem>.json, .md and .png in ``out_dir`` (:func:`output_stem`), each written atomically; returns the paths."""
     from wmel_jax.fileio import atomic_output, write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"bench_{result['mode']}"
+    stem = out / output_stem(result["mode"], result.get("filters"))
     paths = [stem.with_suffix(".json"), stem.with_suffix(".md"), stem.with_suffix(".png")]
     write_json(paths[0], result)
     with atomic_output(paths[1], "w") as f:
@@ -1291,7 +1308,7 @@ def write_outputs(result: dict[str, Any], out_dir: str | os.PathLike) -> list[Pa
 
 
 def run(plan: Plan, out_dir: str | os.PathLike, command: str, torch_threads: int | None = None,
-        chunk: int | None = None) -> dict[str, Any]:
+        chunk: int | None = None, filters: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything in ``plan``, in this process (and its children); writes and returns the result."""
     os.environ.setdefault("MUJOCO_GL", "disable")
     import jax
@@ -1347,6 +1364,7 @@ def run(plan: Plan, out_dir: str | os.PathLike, command: str, torch_threads: int
         _apply_peak(rows, peak["peak_gflops"])
     result = {
         "mode": plan.mode,
+        "filters": filters or {},
         "command": command,
         "machine": machine,
         "plan": plan.to_dict(),
@@ -1437,8 +1455,10 @@ def run_from_args(args: argparse.Namespace, command: str) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WmelError(f"cannot create the output folder {str(out)!r}: {e.strerror or e}") from None
-    check_writable(out / f"bench_{plan.mode}.json")
-    run(plan, out, command, torch_threads=args.torch_threads)
+    filters = {"tasks": args.tasks, "sizes": args.sizes, "n": args.n}
+    filters = {k: v for k, v in filters.items() if v}
+    check_writable(out / f"{output_stem(plan.mode, filters)}.json")
+    run(plan, out, command, torch_threads=args.torch_threads, filters=filters)
     return 0  # a FAIL is a measurement, reported in the outputs, not an error of the run
 
 

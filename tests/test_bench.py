@@ -274,6 +274,12 @@ def test_writers_produce_json_markdown_and_png(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
+def test_a_narrowed_run_never_replaces_the_modes_results():
+    assert B.output_stem("quick") == "bench_quick"
+    assert B.output_stem("full", {"tasks": ["cartpole-swingup", "reacher-easy"]}) == "bench_full_cartpole-reacher"
+    assert B.output_stem("quick", {"sizes": [5], "n": [300, 1000]}) == "bench_quick_5_300-1000"
+
+
 def test_network_flops_count_two_in_out_per_linear_layer():
     params = {"encoder": {"layer_0": {"linear": {"kernel": np.zeros((5, 8)), "bias": np.zeros(8)}}},
               "dynamics": {"layer_0": {"linear": {"kernel": np.zeros((9, 4))}}},
