@@ -76,6 +76,10 @@ K_STEPS = 10
 SEED = 0
 GB = 1e9
 
+#: Largest N at which the batched arm's torch is timed with every thread count; above it, the count
+#: chosen at the largest smaller N is reused (one call takes tens of seconds there).
+THREAD_TRIAL_MAX_N = 10_000
+
 #: Issue 5's targets (each checked from this benchmark's own output).
 WARM_VS_REFERENCE_MIN = 40.0
 WARM_VS_BATCHED_MIN = 1.3
@@ -508,6 +512,7 @@ class ReferenceArm:
         self.oracle_step, self.score, _ = dm_control_oracle(task, 1)
         self.actions = [tuple(float(x) for x in row) for row in actions]
         self.sequence = [tuple(float(x) for x in row) for row in sequence]
+        self._steps: dict[Path, Any] = {}  # loaded once: loading is not the reference's per-state cost
 
     def seconds(self, pt: Path, states: np.ndarray) -> tuple[float, dict[str, Any]]:
         """Seconds for M1/M2/M3 of ``pt`` on ``states`` (torch with 1 thread, as the reference runs)."""
@@ -515,7 +520,9 @@ class ReferenceArm:
 
         from benchmarks.reference import adapter_step, load_adapter, reference_metrics
 
-        model_step = adapter_step(load_adapter(pt)[0])
+        if pt not in self._steps:
+            self._steps[pt] = adapter_step(load_adapter(pt)[0])
+        model_step = self._steps[pt]
         rows = [tuple(float(x) for x in s) for s in states]
         previous = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -595,14 +602,9 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
     extras: dict[str, Any] = {"sampling_s": sampling_s, "n_sampled": n_max, "states": np.asarray(full.states),
                               "sequence": sequence}
 
-    # The reference: seconds per state, once per model (its cost per state does not depend on N).
+    # The reference: seconds per state on a subset, timed in every repetition beside the other arms
+    # (its cost per state does not depend on N, so the time scales linearly).
     ref = ReferenceArm(task, actions, sequence)
-    ref_per_state: dict[int, tuple[float, int]] = {}
-    for size in sizes:
-        m = min(plan.reference_subset, n_max)
-        seconds, _ = ref.seconds(models[(task, size)].pt, full.states[:m])
-        ref_per_state[size] = (seconds / m, m)
-        _say(f"[{task}] reference size {size}: {seconds:.2f} s for {m} states ({1e3 * seconds / m:.2f} ms/state)")
 
     wmel = {size: wmel_jax.load(models[(task, size)].converted) for size in sizes}
     torch_models = {size: TorchAdapter(models[(task, size)].pt) for size in sizes}
@@ -612,6 +614,7 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
         _say(f"[{task}] size {size}: plain matmuls at the model's layer shapes ({shape_peak[size]['rows']} rows) "
              f"run at {shape_peak[size]['gflops']:.0f} GFLOP/s")
     rows: list[dict] = []
+    chosen_threads: dict[int, int] = {}  # size -> the faster torch thread count at the last N
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(max(torch_threads))
     oracle = NativeTaskOracle(task, 1, threads)
@@ -633,10 +636,14 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
             nat, batched_first = _timed(lambda: native_targets(oracle, states, actions, sequence))
             theirs, batched_model_first = {}, {}
             for size in n_sizes:
-                theirs[size], batched_model_first[size] = _timed(lambda: torch_metrics(torch_models[size], task, states, actions,
-                                                                     sequence, nat, chunk))
+                torch.set_num_threads(chosen_threads.get(size, max(torch_threads)))
+                theirs[size], batched_model_first[size] = _timed(
+                    lambda: torch_metrics(torch_models[size], task, states, actions, sequence, nat, chunk))
+            torch.set_num_threads(max(torch_threads))
             # Warm, round-robin over the arms in every repetition.
             w_oracle, w_oracle_kernel, b_oracle, native_run = [], [], [], []
+            subset = min(plan.reference_subset, n)
+            r_per_state = {s: [] for s in n_sizes}
             w_model = {s: [] for s in n_sizes}
             w_model_kernel = {s: [] for s in n_sizes}
             b_model = {s: {th: [] for th in torch_threads} for s in n_sizes}
@@ -645,7 +652,9 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
             one_step_ctrl = np.tile(actions, (n, 1))[:, None, :]
             traj_start = oracle.native.states(qpos, qvel)
             traj_ctrl = sequence[None]
-            live_threads: dict[int, list[int]] = {}
+            # Above 10k states a torch call takes tens of seconds: reuse the thread count chosen at a smaller N.
+            live_threads = {size: [chosen_threads[size]] for size in n_sizes
+                            if n > THREAD_TRIAL_MAX_N and size in chosen_threads}
             for rep in range(plan.runs if n_sizes else 0):  # an N only the sweep or upstream run needs: no rows
                 targets, s = _timed(lambda: oracle_targets(problem, chunk))
                 w_oracle.append(s)
@@ -661,24 +670,30 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
                     w_model_kernel[size].append(t["model_run_s"])
                     # Every thread count in every repetition, except one whose first call took over twice
                     # the best first call (torch's threads stalled by other work: each call costs seconds).
-                    for th in torch_threads if rep == 0 else live_threads[size]:
+                    for th in torch_threads if rep == 0 and size not in live_threads else live_threads[size]:
                         torch.set_num_threads(th)
                         _, s = _timed(lambda: torch_metrics(torch_models[size], task, states, actions, sequence,
                                                             nat, chunk))
                         b_model[size][th].append(s)
-                    if rep == 0:
+                    r_per_state[size].append(ref.seconds(models[(task, size)].pt, states[:subset])[0] / subset)
+                    if size not in live_threads:
                         best_first = min(b_model[size][th][0] for th in torch_threads)
                         live_threads[size] = [th for th in torch_threads if b_model[size][th][0] <= 2 * best_first]
                     torch.set_num_threads(max(torch_threads))
             padded = _padded(n, chunk)
             oracle_steps = n * a + n * k  # frame_skip 1
             for size in n_sizes:
-                per_state, subset = ref_per_state[size]
+                per_state = _median(r_per_state[size])
                 ref_s = per_state * n
                 warm = _median(w_oracle) + _median(w_model[size])
-                cold = oracle_first + model_first[size]
-                by_threads = {th: _median(v) for th, v in b_model[size].items()}
+                # Cold as a fresh process would see it: the first calls, plus the compile seconds of any kernel
+                # shape an earlier configuration of this run compiled already (N = 10k and 100k share chunks).
+                compile_o = compiled[f"oracle/{task}/{min(n, chunk)}"]
+                compile_m = compiled[f"model/{task}/size{size}/{min(n, chunk)}"]
+                cold = (oracle_first - oracle_compile + compile_o) + (model_first[size] - model_compile[size] + compile_m)
+                by_threads = {th: _median(v) for th, v in b_model[size].items() if v}
                 best_threads = min(live_threads[size], key=by_threads.get)  # the faster median
+                chosen_threads[size] = best_threads
                 batched_model = by_threads[best_threads]
                 batched = _median(b_oracle) + batched_model
                 kflop = kernel_flops(flops[size], padded, a, k)
@@ -687,7 +702,7 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
                     "task": task, "size": size, "n_states": n, "n_actions": a, "k_steps": k,
                     "chunk_states": min(n, chunk), "model": models[(task, size)].label,
                     "reference": {"time_s": ref_s, "per_state_s": per_state, "extrapolated_from": subset,
-                                  **_throughput(ref_s, n, a)},
+                                  "runs": plan.runs, **_throughput(ref_s, n, a)},
                     "batched": {"time_s": batched, "oracle_s": _median(b_oracle), "model_s": batched_model,
                                 "model_s_by_torch_threads": {str(th): v for th, v in by_threads.items()},
                                 "first_call_s": batched_first + batched_model_first[size], "runs": plan.runs,
@@ -696,8 +711,9 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
                     "wmel_jax": {"warm_s": warm, "oracle_s": _median(w_oracle), "model_s": _median(w_model[size]),
                                  "oracle_kernel_s": _median(w_oracle_kernel),
                                  "model_kernel_s": _median(w_model_kernel[size]),
-                                 "cold_s": cold, "compile_s": oracle_compile + model_compile[size],
-                                 "oracle_compile_s": oracle_compile, "model_compile_s": model_compile[size],
+                                 "cold_s": cold, "compile_s": compile_o + compile_m,
+                                 "oracle_compile_s": compile_o, "model_compile_s": compile_m,
+                                 "compiled_earlier_in_run": oracle_compile == 0.0 or model_compile[size] == 0.0,
                                  "runs": plan.runs, **_throughput(warm, n, a),
                                  "cold_states_per_s": n / cold},
                     "ratios": {"wmel_over_reference": _ratio(ref_s, warm),
@@ -770,6 +786,9 @@ def _bench_sweep(task: str, plan: Plan, sweep_models: list[BenchModel], problem:
     torch_models = [TorchAdapter(m.pt) for m in sweep_models] if measure_batched else []
     threads = single["batched"]["torch_threads"] if single else torch.get_num_threads()
     passes_w, passes_b, first_compile = [], [], None
+    m = min(plan.sweep_reference_subset, n)
+    ref_passes: list[float] = []
+    ref_seconds: list[list[float]] = []
     model_s_w: list[list[float]] = []
     model_s_b: list[list[float]] = []
     for _ in range(plan.sweep_runs):
@@ -799,9 +818,11 @@ def _bench_sweep(task: str, plan: Plan, sweep_models: list[BenchModel], problem:
                 model_s_b.append(per)
             finally:
                 torch.set_num_threads(previous)
-    m = min(plan.sweep_reference_subset, n)
-    ref_seconds = [ref.seconds(mod.pt, states[:m])[0] for mod in sweep_models]
-    ref_total = sum(ref_seconds) * n / m
+        # The reference, each checkpoint on the same subset, in the same pass.
+        per = [ref.seconds(mod.pt, states[:m])[0] for mod in sweep_models]
+        ref_seconds.append(per)
+        ref_passes.append(sum(per))
+    ref_total = _median(ref_passes) * n / m
     warm = _median(passes_w)
     if measure_batched:
         batched = {"time_s": _median(passes_b), "model_s": [_median(x) for x in zip(*model_s_b)],
@@ -814,7 +835,8 @@ def _bench_sweep(task: str, plan: Plan, sweep_models: list[BenchModel], problem:
     out = {
         "task": task, "n_states": n, "n_actions": a, "n_checkpoints": count, "size": 1,
         "passes": plan.sweep_runs,
-        "reference": {"time_s": ref_total, "extrapolated_from": m, "per_checkpoint_subset_s": ref_seconds,
+        "reference": {"time_s": ref_total, "extrapolated_from": m,
+                      "per_checkpoint_subset_s": [_median(x) for x in zip(*ref_seconds)],
                       **_throughput(ref_total / count, n, a)},
         "batched": {**batched, "torch_threads": threads, **_throughput(batched["time_s"] / count, n, a)},
         "wmel_jax": {"warm_s": warm, "model_s": [_median(x) for x in zip(*model_s_w)],
@@ -1056,10 +1078,12 @@ def markdown(result: dict[str, Any]) -> str:
         "Arms: **reference** = per-sample path (torch batch-of-1, dm_control one state at a time), timed on a "
         "subset of the states and scaled linearly to N (column *ref. from*); **batched** = batched torch "
         f"(timed with {' and '.join(map(str, result['torch_threads_tried']))} thread(s) in every repetition, the "
-        "faster median counts; a count whose first call took over twice the best is dropped) + native "
-        "`mujoco.rollout` "
+        "faster median counts; a count whose first call took over twice the best is dropped; above N = 10k the "
+        "count chosen at 10k is reused) + native `mujoco.rollout` "
         f"({m['cores']} threads), the same metrics; **wmel-jax** warm = median of {result['plan']['runs']} runs "
-        "after compilation, cold = first call in the process (compilation included, no persistent cache).",
+        "after compilation, cold = the first call with its compilation (in-process, no persistent cache; a kernel "
+        "shape compiled earlier in the run, e.g. the 4096-state chunk N = 10k and 100k share, is counted with its "
+        "compile time). The states are given to every arm: state sampling is not in these times.",
         "",
         "## Single checkpoint",
         "",
@@ -1383,8 +1407,9 @@ def run(plan: Plan, out_dir: str | os.PathLike, command: str, torch_threads: int
             "reference times are measured on a subset of the states (extrapolated_from) and scaled linearly to N",
             "wmel-jax's model kernel also computes the latent-space metrics; the batched arm computes them too; "
             "the reference computes M1/M2/M3 only",
-            "cold in-process = first call per shape in this process (no persistent cache); a kernel shape already "
-            "compiled by an earlier configuration is not compiled again (compile_s lists each shape once)",
+            "cold in-process = first calls in this process (no persistent cache) plus, where an earlier "
+            "configuration of the run compiled the same kernel shape already (compiled_earlier_in_run), that "
+            "compile time; compile_s (top level) lists each shape once",
         ],
     }
     result["wall_s"] = time.perf_counter() - t_start
