@@ -241,6 +241,17 @@ def test_each_target_fails_on_its_own_measurement(change, target):
     assert [k for k, v in status.items() if v != "PASS"] == [target]
 
 
+def test_linear_scaling_uses_the_interleaved_10k_runs_when_there_are_some():
+    result = _result(warm_100k=6.6)  # 1.32x the separate 10k measurement: FAIL on its own
+    big = result["configs"][2]
+    big["wmel_jax"]["scaling"] = {"base_n": 10_000, "base_warm_s": 0.6, "ratio_to_linear": 6.6 / 6.0}
+    target = next(t for t in B.evaluate_targets(result) if t["id"] == "linear_100k")
+    assert target["status"] == "PASS" and target["value"] == pytest.approx(1.1)
+    assert "same repetitions" in target["detail"]
+    big["wmel_jax"]["scaling"]["ratio_to_linear"] = 1.31
+    assert _status(result)["linear_100k"] == "FAIL"
+
+
 def test_missing_measurements_are_not_measured_and_quick_mode_says_so():
     result = _result("quick")
     result["configs"] = [r for r in result["configs"] if r["n_states"] != 100_000]
