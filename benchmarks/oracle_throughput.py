@@ -83,40 +83,26 @@ class _Native:
     """C MuJoCo stepping the oracle's physics states, via mujoco.rollout on all cores."""
 
     def __init__(self, oracle, nthread: int):
-        import mujoco
-        import mujoco.rollout
+        from benchmarks.native import NativeRollout
 
-        from wmel_jax.oracle.base import load_mj_model
-
-        self.mujoco = mujoco
-        self.model = load_mj_model(type(oracle.physics.task).xml_file)
         self.oracle = oracle
-        self.datas = [mujoco.MjData(self.model) for _ in range(max(nthread, 1))]
-        self.pool = mujoco.rollout.Rollout(nthread=nthread)
+        self.rollout = NativeRollout(type(oracle.physics.task).xml_file, nthread)
 
     def states(self, obs) -> np.ndarray:
         """obs (N, obs_dim) -> full physics states (N, nstate), via the oracle's own obs -> qpos, qvel."""
         import jax
         import jax.numpy as jnp
 
-        mujoco, m = self.mujoco, self.model
         task = self.oracle.physics.task
         with jax.enable_x64(True):
             qpos, qvel = jax.vmap(task.qpos_qvel_from_obs)(jnp.asarray(np.asarray(obs, np.float64)))
-        spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
-        template = np.zeros(mujoco.mj_stateSize(m, spec))
-        mujoco.mj_getState(m, mujoco.MjData(m), template, spec)
-        states = np.tile(template, (qpos.shape[0], 1))
-        # FULLPHYSICS layout: time, qpos, qvel, act, ... (mjtState order).
-        states[:, 1 : 1 + m.nq] = np.asarray(qpos)
-        states[:, 1 + m.nq : 1 + m.nq + m.nv] = np.asarray(qvel)
-        return states
+        return self.rollout.states(np.asarray(qpos), np.asarray(qvel))
 
     def run(self, states: np.ndarray, control: np.ndarray, nstep: int) -> None:
-        self.pool.rollout(self.model, self.datas, states, control, nstep=nstep)
+        self.rollout.run(states, control, nstep)
 
     def close(self) -> None:
-        self.pool.close()
+        self.rollout.close()
 
 
 def bench_task(
