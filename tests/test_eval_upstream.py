@@ -208,9 +208,10 @@ def test_eval_end_to_end(tmp_path, capsys, upstream, problems, name):
     assert doc["config"]["env"] == task and doc["config"]["frame_skip"] == frame_skip
     assert doc["metric_spaces"]["m2_latent_kstep"] == "latent"
     (cell,) = doc["cells"]
-    # The same numbers as the kernels called directly (the same states: seed 0, the same shape).
+    # The same numbers as the kernels called directly (the same states: seed 0, the same shape), compiled
+    # as the CLI compiles them for one model at this N (a small total: optimisation level 0).
     problem, targets = problems(task, frame_skip)
-    direct, _ = evaluate.model_metrics(wmel_jax.load(converted), problem, targets, EVAL_CHUNK)
+    direct, _ = evaluate.model_metrics(wmel_jax.load(converted), problem, targets, EVAL_CHUNK, total_states=EVAL_N)
     for key in ("m1_latent_onestep", "m2_latent_kstep", "reward_rank_agreement"):
         assert cell[key] == round(direct[key], 6), key
     assert cell["reward_rank_states_used"] == direct["reward_rank_states_used"]
