@@ -1091,7 +1091,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"`{result['command']}`  ",
         f"{m['cpu']}, {m['cores']} cores, {_f(m.get('ram_gb'), '.0f')} GB RAM; device: {m['device']}; "
         f"jax {m['jax']}, jaxlib {m['jaxlib']}, mujoco {m['mujoco']}, torch {m.get('torch')}; {m['date']}; "
-        f"load average at start {', '.join(f'{v:.1f}' for v in m.get('loadavg_start', []))}.  ",
+        f"load average (1, 5, 15 min) at start {', '.join(f'{v:.1f}' for v in m.get('loadavg_start', []))}"
+        + (f", at end {', '.join(f'{v:.1f}' for v in m['loadavg_end'])}" if m.get("loadavg_end") else "")
+        + f" ({m['cores']} cores).  ",
         f"Wall time of the whole run: {result['wall_s']:.0f} s"
         + (f" ({', '.join(f'{k[:-2]} {v:.0f} s' for k, v in result['phases_s'].items())}; of which in-process "
            f"compilation {sum((result.get('compile_s') or {}).values()):.0f} s and state sampling, compile "
@@ -1437,6 +1439,7 @@ def run(plan: Plan, out_dir: str | os.PathLike, command: str, torch_threads: int
             "compile time; compile_s (top level) lists each shape once",
         ],
     }
+    result["machine"]["loadavg_end"] = list(os.getloadavg())  # how shared the machine was
     result["wall_s"] = time.perf_counter() - t_start
     result["targets"] = evaluate_targets(result)
     paths = write_outputs(result, out_dir)
