@@ -83,7 +83,7 @@ PRECISIONS: tuple[str, ...] = ("float32", "float64")
 #: action set differently from a float64 one on 2.8% of cartpole states (ties:
 #: one step moves cos(theta) below float32 resolution), 0.14% of acrobot's,
 #: 0.01% of reacher's (benchmarks/results/oracle_precision.json), noise that
-#: would enter M3 by itself; float64 costs only 1.3-1.4x on CPU. float32 stays
+#: would enter M3 by itself; float64 costs only 1.2-1.3x on CPU. float32 stays
 #: available (GPUs, x64 off).
 DEFAULT_PRECISION: Precision = "float64"
 
