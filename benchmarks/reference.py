@@ -433,6 +433,21 @@ def dm_control_oracle_with_reward(
 # --------------------------------------------------------------------------- #
 
 
+def _torch_load(path: Path) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``: nothing in the file runs; WmelError if unreadable."""
+    from wmel_jax.errors import WmelError
+
+    if not path.is_file():
+        raise WmelError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated zips, refused globals
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WmelError(f"cannot load {str(path)!r} as a torch checkpoint: {reason[:200]}") from None
+
+
 def load_adapter(path: str | os.PathLike) -> tuple[Any, list[tuple[float, ...]], dict[str, Any]]:
     """``(AdapterWorldModel in eval mode, action set as tuples, meta)`` from an adapter ``.pt``.
 
@@ -440,20 +455,11 @@ def load_adapter(path: str | os.PathLike) -> tuple[Any, list[tuple[float, ...]],
     nothing in the file is executed. Raises WmelError when the file is missing
     or is not an adapter-schema checkpoint.
     """
+    from converters.tdmpc2_torch import AdapterWorldModel
     from wmel_jax.errors import WmelError
 
     path = Path(path)
-    if not path.is_file():
-        raise WmelError(f"checkpoint {str(path)!r} does not exist or is not a file")
-    import torch
-
-    from converters.tdmpc2_torch import AdapterWorldModel
-
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated zips, refused globals
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WmelError(f"cannot load {str(path)!r} as a torch checkpoint: {reason[:200]}") from None
+    blob = _torch_load(path)
     if not isinstance(blob, dict) or "model_state" not in blob or "arch" not in blob:
         raise WmelError(
             f"{str(path)!r} is not an adapter-schema checkpoint ({{model_state, arch, action_levels | "
@@ -862,20 +868,11 @@ def load_upstream(path: str | os.PathLike) -> Any:
     file is executed), ``{"model": state_dict}`` or the bare state dict, the
     current Q layout; loaded with ``load_state_dict(strict=True)``.
     """
+    from converters.tdmpc2_torch import WorldModel
     from wmel_jax.errors import WmelError
 
     path = Path(path)
-    if not path.is_file():
-        raise WmelError(f"checkpoint {str(path)!r} does not exist or is not a file")
-    import torch
-
-    from converters.tdmpc2_torch import WorldModel
-
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated zips, refused globals
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WmelError(f"cannot load {str(path)!r} as a torch checkpoint: {reason[:200]}") from None
+    blob = _torch_load(path)
     state = blob.get("model", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict) or "_encoder.state.0.weight" not in state:
         raise WmelError(f"{str(path)!r} is not an upstream TD-MPC2 agent checkpoint ({{'model': state_dict}})")
