@@ -39,6 +39,17 @@ def eval_cli(*argv, capsys) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+def assert_eval_user_error(capsys, folder: Path, *argv, match: str) -> str:
+    """``wmel-jax eval ARGV`` fails as a user mistake: exit 2, one stderr line containing ``match``, no file left."""
+    before = set(os.listdir(folder))
+    code, out, err = eval_cli(*argv, capsys=capsys)
+    assert code == 2, (out, err)
+    assert err.startswith("wmel-jax: error: ") and err.count("\n") == 1, err
+    assert match.lower() in err.lower(), err
+    assert set(os.listdir(folder)) == before, "a failed eval left a file behind"
+    return err
+
+
 def small_eval_args(*extra) -> list[str]:
     """The suite's shared eval shape as CLI flags (compiled kernels are reused across tests), plus ``extra``."""
     return ["--n-states", str(EVAL_N), "--k-steps", str(EVAL_K), "--chunk-states", str(EVAL_CHUNK), *map(str, extra)]

@@ -23,7 +23,7 @@ from wmel_jax.pipeline import EvalOptions, run_eval
 from conftest import EVAL_CHUNK as CHUNK
 from conftest import EVAL_K as K
 from conftest import EVAL_N as N
-from conftest import eval_cli, small_eval_args
+from conftest import assert_eval_user_error, eval_cli, small_eval_args
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -42,16 +42,6 @@ def upstream_model(checkpoints) -> str:
 @pytest.fixture(scope="module")
 def reacher_model(checkpoints) -> str:
     return str(checkpoints.adapter(1, obs_dim=6, action_dim=2, seed=0).converted)
-
-
-def _assert_user_error(capsys, folder: Path, *argv, match: str) -> str:
-    before = set(os.listdir(folder))
-    code, out, err = eval_cli(*argv, capsys=capsys)
-    assert code == 2, (out, err)
-    assert err.startswith("wmel-jax: error: ") and err.count("\n") == 1, err
-    assert match.lower() in err.lower(), err
-    assert set(os.listdir(folder)) == before, "a failed eval left a file behind"
-    return err
 
 
 def _cpg(path: Path, gap, environment="dmc_cartpole_swingup") -> Path:
@@ -192,7 +182,7 @@ def test_one_bad_model_among_several_is_skipped(tmp_path, capsys, cartpole_model
 ], ids=["wrong-width", "1-d", "nan", "inf"])
 def test_bad_states_file(tmp_path, capsys, cartpole_models, array, match):
     np.save(tmp_path / "s.npy", array)
-    _assert_user_error(capsys, tmp_path, cartpole_models[0], "--states", tmp_path / "s.npy", *small_eval_args("-o", tmp_path / "r.json"),
+    assert_eval_user_error(capsys, tmp_path, cartpole_models[0], "--states", tmp_path / "s.npy", *small_eval_args("-o", tmp_path / "r.json"),
                        match=match)
 
 
@@ -212,18 +202,18 @@ def test_states_file_with_a_pickle_is_refused_not_run(tmp_path, capsys, cartpole
 
 def test_action_sequence_of_the_wrong_width(tmp_path, capsys, cartpole_models):
     np.save(tmp_path / "seq.npy", np.zeros((K, 2)))
-    _assert_user_error(capsys, tmp_path, cartpole_models[0], "--action-sequence", tmp_path / "seq.npy", *small_eval_args(),
+    assert_eval_user_error(capsys, tmp_path, cartpole_models[0], "--action-sequence", tmp_path / "seq.npy", *small_eval_args(),
                        match="action_dim=1")
 
 
 def test_action_sequence_outside_the_actuator_range(tmp_path, capsys, cartpole_models):
     np.save(tmp_path / "seq.npy", np.full((K, 1), 3.0))
-    _assert_user_error(capsys, tmp_path, cartpole_models[0], "--action-sequence", tmp_path / "seq.npy", *small_eval_args(),
+    assert_eval_user_error(capsys, tmp_path, cartpole_models[0], "--action-sequence", tmp_path / "seq.npy", *small_eval_args(),
                        match="outside the actuator range")
 
 
 def test_model_whose_widths_do_not_fit_the_task(tmp_path, capsys, reacher_model):
-    err = _assert_user_error(capsys, tmp_path, reacher_model, "--env", "cartpole-swingup", *small_eval_args(),
+    err = assert_eval_user_error(capsys, tmp_path, reacher_model, "--env", "cartpole-swingup", *small_eval_args(),
                              match="do not fit cartpole-swingup")
     assert "converted for reacher-easy" in err
 
@@ -250,34 +240,34 @@ def test_model_without_decoder_is_evaluated_in_latent_space(tmp_path, capsys, up
 
 
 def test_downstream_without_a_gap(tmp_path, capsys, cartpole_models):
-    _assert_user_error(capsys, tmp_path, cartpole_models[0], "--downstream", _cpg(tmp_path / "d.json", None), *small_eval_args(),
+    assert_eval_user_error(capsys, tmp_path, cartpole_models[0], "--downstream", _cpg(tmp_path / "d.json", None), *small_eval_args(),
                        match="no cpg.gap")
 
 
 def test_downstream_count_must_match_the_models(tmp_path, capsys, cartpole_models):
-    _assert_user_error(capsys, tmp_path, *cartpole_models, "--downstream", _cpg(tmp_path / "d.json", 0.1), *small_eval_args(),
+    assert_eval_user_error(capsys, tmp_path, *cartpole_models, "--downstream", _cpg(tmp_path / "d.json", 0.1), *small_eval_args(),
                        match="one file per model")
 
 
 def test_downstream_for_another_task(tmp_path, capsys, cartpole_models):
-    _assert_user_error(capsys, tmp_path, cartpole_models[0],
+    assert_eval_user_error(capsys, tmp_path, cartpole_models[0],
                        "--downstream", _cpg(tmp_path / "d.json", 0.1, "dmc_reacher_easy"), *small_eval_args(),
                        match="is for environment")
 
 
 @pytest.mark.parametrize("flag", ["-o", "--figure", "--save-states"])
 def test_unwritable_output_path(tmp_path, capsys, cartpole_models, flag):
-    _assert_user_error(capsys, tmp_path, cartpole_models[0], flag, tmp_path / "no" / "such" / "dir" / "x", *small_eval_args(),
+    assert_eval_user_error(capsys, tmp_path, cartpole_models[0], flag, tmp_path / "no" / "such" / "dir" / "x", *small_eval_args(),
                        match="does not exist")
 
 
 def test_unknown_task(tmp_path, capsys, cartpole_models):
-    err = _assert_user_error(capsys, tmp_path, cartpole_models[0], "--env", "cheetah-run", *small_eval_args(), match="unknown task")
+    err = assert_eval_user_error(capsys, tmp_path, cartpole_models[0], "--env", "cheetah-run", *small_eval_args(), match="unknown task")
     assert "cartpole-swingup" in err
 
 
 def test_all_models_bad_is_an_error(tmp_path, capsys, reacher_model):
-    _assert_user_error(capsys, tmp_path, reacher_model, tmp_path / "missing.safetensors", "--env", "cartpole-swingup",
+    assert_eval_user_error(capsys, tmp_path, reacher_model, tmp_path / "missing.safetensors", "--env", "cartpole-swingup",
                        "-o", tmp_path / "r.json", *small_eval_args(), match="no model could be evaluated")
 
 

@@ -20,8 +20,6 @@ cartpole model, and acrobot / cartpole at frame skip 1 are the shapes
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,7 +33,7 @@ from benchmarks.reference import (
     run_reference_latent,
     upstream_callables,
 )
-from conftest import EVAL_CHUNK, EVAL_K, EVAL_N, eval_cli, small_eval_args
+from conftest import EVAL_CHUNK, EVAL_K, EVAL_N, assert_eval_user_error, eval_cli, small_eval_args
 from converters import tdmpc2_torch as T
 from converters.convert import convert_checkpoint
 from converters.tasks import KNOWN_TASK_DIMS, upstream_task_names
@@ -233,26 +231,16 @@ def test_eval_size19_end_to_end(tmp_path, capsys, checkpoints):
 # --------------------------------------------------------------------------- #
 
 
-def _assert_user_error(capsys, folder: Path, *argv, match: str) -> str:
-    before = set(os.listdir(folder))
-    code, out, err = eval_cli(*argv, capsys=capsys)
-    assert code == 2, (out, err)
-    assert err.startswith("wmel-jax: error: ") and err.count("\n") == 1, err
-    assert match.lower() in err.lower(), err
-    assert set(os.listdir(folder)) == before, "a failed eval left a file behind"
-    return err
-
-
 def test_multitask_model_without_a_task_name(tmp_path, capsys, upstream):
     _, converted, _, _ = upstream("mt30")
-    err = _assert_user_error(capsys, tmp_path, converted, "-o", tmp_path / "r.json", *small_eval_args(),
+    err = assert_eval_user_error(capsys, tmp_path, converted, "-o", tmp_path / "r.json", *small_eval_args(),
                              match="multitask model (30 tasks) and no task was chosen: pass --env")
     assert "cartpole-swingup" in err  # what the oracle supports
 
 
 def test_task_the_oracle_does_not_support(tmp_path, capsys, upstream):
     _, converted, _, _ = upstream("mt30")
-    err = _assert_user_error(capsys, tmp_path, converted, "--env", "walker-walk", "-o", tmp_path / "r.json",
+    err = assert_eval_user_error(capsys, tmp_path, converted, "--env", "walker-walk", "-o", tmp_path / "r.json",
                              *small_eval_args(), match="unknown task 'walker-walk'")
     assert "supports acrobot-swingup, cartpole-swingup, reacher-easy" in err
 
@@ -267,14 +255,14 @@ def test_task_outside_the_models_task_list(tmp_path, capsys, upstream):
     header["task_names"] = [("cartpole-two-poles" if n == "cartpole-swingup" else n) for n in MT30]
     custom = tmp_path / "custom.safetensors"
     write_model_file(custom, params, header)
-    _assert_user_error(capsys, tmp_path, custom, "--env", "cartpole-swingup", *small_eval_args(),
+    assert_eval_user_error(capsys, tmp_path, custom, "--env", "cartpole-swingup", *small_eval_args(),
                        match="cartpole-swingup is not one of this multitask model's 30 tasks")
 
 
 @pytest.mark.parametrize("env", ["reacher-easy", "acrobot-swingup"])
 def test_upstream_checkpoint_with_a_task_of_the_wrong_widths(tmp_path, capsys, upstream, env):
     _, converted, _, _ = upstream("size1")  # cartpole's widths: obs 5, action 1
-    err = _assert_user_error(capsys, tmp_path, converted, "--env", env, "-o", tmp_path / "r.json", *small_eval_args(),
+    err = assert_eval_user_error(capsys, tmp_path, converted, "--env", env, "-o", tmp_path / "r.json", *small_eval_args(),
                              match=f"model widths (obs_dim=5, action_dim=1) do not fit {env}")
     assert "converted for cartpole-swingup" in err
 
@@ -285,12 +273,12 @@ def test_multitask_model_whose_action_mask_does_not_fit_the_task(tmp_path, capsy
     assert int(model._action_masks[MT30.index("cartpole-swingup")].sum()) == 5
     pt = T.save_upstream(model, tmp_path / "mt.pt")
     converted = convert_checkpoint(pt, tmp_path / "mt.safetensors")
-    _assert_user_error(capsys, tmp_path, converted, "--env", "cartpole-swingup", *small_eval_args(),
+    assert_eval_user_error(capsys, tmp_path, converted, "--env", "cartpole-swingup", *small_eval_args(),
                        match="action mask for cartpole-swingup (task 10) enables action dimensions [0, 1, 2, 3, 4]")
 
 
 def test_multitask_model_wider_task_than_the_model(tmp_path, capsys):
     model = T.build_upstream(1, 4, 6, seed=6, num_tasks=30, action_dims=_mt30_action_dims())
     converted = convert_checkpoint(T.save_upstream(model, tmp_path / "narrow.pt"), tmp_path / "narrow.safetensors")
-    _assert_user_error(capsys, tmp_path, converted, "--env", "cartpole-swingup", *small_eval_args(),
+    assert_eval_user_error(capsys, tmp_path, converted, "--env", "cartpole-swingup", *small_eval_args(),
                        match="is wider than this multitask model (obs_dim=4")
