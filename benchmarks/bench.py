@@ -143,9 +143,9 @@ def make_plan(mode: str, tasks: Sequence[str] | None = None, sizes: Sequence[int
     if mode not in ("quick", "full"):
         raise ValueError(f"mode must be quick or full, got {mode!r}")
     all_tasks = tuple(tasks) if tasks else TASKS
-    for t in all_tasks:
-        if t not in TASKS:
-            raise ValueError(f"unknown task {t!r}; known: {', '.join(TASKS)}")
+    unknown = [t for t in all_tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
     if mode == "quick":
         default_sizes = (1, 5)
         grid = {(t, s): (150,) for t in TASKS for s in default_sizes}
@@ -1464,27 +1464,11 @@ def _example(task: str) -> Path:
 
 
 def build_parser(prog: str = "python -m benchmarks.bench") -> argparse.ArgumentParser:
+    from wmel_jax.commands.bench import add_arguments  # the flags of ``wmel-jax bench``, declared once
+
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     add_arguments(p)
     return p
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
-                      help="the quick axes (default; under 3 minutes on 2 cores)")
-    mode.add_argument("--full", dest="mode", action="store_const", const="full",
-                      help="every axis: sizes 1/5/19, N up to 100k, peak memory at 100k (tens of minutes)")
-    p.set_defaults(mode="quick")
-    p.add_argument("--out", default=str(RESULTS), metavar="DIR",
-                   help="where bench_<mode>.json/.md/.png go (default benchmarks/results)")
-    p.add_argument("--tasks", nargs="+", choices=TASKS, metavar="TASK", help=f"only these tasks ({', '.join(TASKS)})")
-    p.add_argument("--sizes", nargs="+", type=int, choices=(1, 5, 19, 48), metavar="SIZE",
-                   help="only these model sizes (1, 5, 19, 48)")
-    p.add_argument("--n", nargs="+", type=int, metavar="N", help="replace the N axis (debugging)")
-    p.add_argument("--runs", type=int, default=None, metavar="R", help="warm repetitions per measurement (default 3)")
-    p.add_argument("--torch-threads", type=int, default=None, metavar="T",
-                   help="torch threads of the batched arm (default: the faster of 1 and all cores, timed)")
 
 
 def run_from_args(args: argparse.Namespace, command: str) -> int:
@@ -1503,7 +1487,7 @@ def run_from_args(args: argparse.Namespace, command: str) -> int:
         raise WmelError(str(e)) from None
     if not plan.configs:
         raise WmelError("nothing to run: the filters leave no configuration")
-    out = Path(args.out)
+    out = Path(args.out) if args.out else RESULTS
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
