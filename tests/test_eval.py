@@ -239,6 +239,62 @@ def test_model_without_decoder_is_evaluated_in_latent_space(tmp_path, capsys, up
     assert "latent 1-step L2" in out and "reward tau-b" in out
 
 
+def test_metrics_option_computes_only_the_asked_spaces(tmp_path, capsys, cartpole_models):
+    """`--metrics observation`: M1-M3 as in a full run, the latent ones null and said not requested."""
+    report = tmp_path / "r.json"
+    code, out, err = eval_cli(cartpole_models[0], "--metrics", "observation", *small_eval_args("-o", report),
+                              capsys=capsys)
+    assert code == 0, err
+    doc = json.loads(report.read_text())
+    assert doc["config"]["metric_spaces_requested"] == ["observation"]
+    (cell,) = doc["cells"]
+    full = run_eval(EvalOptions([cartpole_models[0]], n_states=N, k_steps=K, chunk_states=CHUNK))
+    assert full["config"]["metric_spaces_requested"] == ["observation", "latent", "reward"]
+    (full_cell,) = full["cells"]
+    for key in ("m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement", "m3_states_used"):
+        assert cell[key] == full_cell[key], key
+    for key in ("m1_latent_onestep", "m2_latent_kstep", "m2_latent_curve"):
+        assert cell[key] is None and full_cell[key] is not None, key
+        assert cell["unavailable"][key] == "not requested (metric spaces asked for: observation)"
+    assert cell["unavailable"]["reward_rank_agreement"] == "no reward head"  # what the model cannot have comes first
+    assert "latent 1-step L2" not in out.splitlines()[2]
+    assert "not available: latent 1-step L2, latent k-step L2: not requested" in out
+
+
+def test_requested_spaces_parsing():
+    assert evaluate.requested_spaces(None) == evaluate.SPACES == ("observation", "latent", "reward")
+    assert evaluate.requested_spaces("all") == evaluate.requested_spaces("latent, all") == evaluate.SPACES
+    assert evaluate.requested_spaces("reward,observation,reward") == ("observation", "reward")  # report order, once
+    assert evaluate.requested_spaces(["latent"]) == ("latent",)
+    with pytest.raises(WmelError, match="unknown metric space 'obs'"):
+        evaluate.requested_spaces("obs")
+    with pytest.raises(WmelError, match="no metric space asked for"):
+        evaluate.requested_spaces(" , ")
+
+
+@pytest.mark.parametrize("value,match", [("obs", "unknown metric space 'obs': choose from observation, latent, "
+                                                 "reward, or all"),
+                                          ("", "no metric space asked for")])
+def test_bad_metrics_option(tmp_path, capsys, cartpole_models, value, match):
+    assert_eval_user_error(capsys, tmp_path, cartpole_models[0], "--metrics", value,
+                           *small_eval_args("-o", tmp_path / "r.json"), match=match)
+
+
+def test_a_model_with_none_of_the_asked_metrics(tmp_path, capsys, cartpole_models, upstream_model):
+    """Decoder-less and only observation-space metrics asked for: an error alone, skipped among others."""
+    assert_eval_user_error(capsys, tmp_path, upstream_model, "--metrics", "observation",
+                           *small_eval_args("-o", tmp_path / "r.json"),
+                           match="has none of the metrics asked for (observation: no observation decoder")
+    report = run_eval(EvalOptions([cartpole_models[0], cartpole_models[1], upstream_model], n_states=N, k_steps=K,
+                                  chunk_states=CHUNK, metrics="reward"))
+    (cell,) = report["cells"]
+    assert cell["model"] == upstream_model and -1 <= cell["reward_rank_agreement"] <= 1
+    assert cell["m1_latent_onestep"] is None and cell["m1_l2_onestep"] is None
+    reasons = {s["model"]: s["reason"] for s in report["skipped"]}
+    assert set(reasons) == set(cartpole_models)
+    assert all("none of the metrics asked for (reward: no reward head)" in r for r in reasons.values())
+
+
 def test_downstream_without_a_gap(tmp_path, capsys, cartpole_models):
     assert_eval_user_error(capsys, tmp_path, cartpole_models[0], "--downstream", _cpg(tmp_path / "d.json", None), *small_eval_args(),
                        match="no cpg.gap")

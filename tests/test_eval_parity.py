@@ -66,9 +66,10 @@ def test_kernels_match_the_per_sample_reference(task, quality, tmp_path):
     # The model kernel as compiled for big runs, and as `wmel-jax eval` compiles it
     # for this one model (a small total: backend optimisation level 0).
     assert evaluate.model_compiler_options(EVAL_N), "one model at EVAL_N should take the small-run codegen"
-    for total in (None, EVAL_N):
-        ours, _ = evaluate.model_metrics(model, problem, targets, EVAL_CHUNK, total_states=total)
-        what = f"(total_states={total})"
+    # And with only the observation-space metrics asked for (`--metrics observation`: another kernel).
+    for total, spaces in ((None, None), (EVAL_N, None), (EVAL_N, ("observation",))):
+        ours, _ = evaluate.model_metrics(model, problem, targets, EVAL_CHUNK, total_states=total, spaces=spaces)
+        what = f"(total_states={total}, spaces={spaces})"
         np.testing.assert_allclose(ours["m1_l2_onestep"], ref["m1_l2_onestep"], rtol=L2_RTOL, err_msg=f"M1 {what}")
         np.testing.assert_allclose(ours["m2_curve"], ref["m2_curve"], rtol=L2_RTOL, err_msg=f"M2 curve {what}")
         np.testing.assert_allclose(ours["m2_l2_kstep"], ref["m2_l2_kstep"], rtol=L2_RTOL, err_msg=f"M2 {what}")

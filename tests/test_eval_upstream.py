@@ -143,6 +143,14 @@ def test_latent_metrics_match_the_per_sample_torch_path(upstream, problems, name
     # No decoder: the observation-space metrics are null, and the report says why.
     assert ours["m1_l2_onestep"] is None and ours["m3_states_used"] is None
     assert "no observation decoder" in ours["unavailable"]["m1_l2_onestep"]
+    # Each space alone (`--metrics latent`, `--metrics reward`: kernels that skip the other's networks).
+    latent, _ = evaluate.model_metrics(model, problem, targets, EVAL_CHUNK, total_states=EVAL_N, spaces=["latent"])
+    rank, _ = evaluate.model_metrics(model, problem, targets, EVAL_CHUNK, total_states=EVAL_N, spaces="reward")
+    _assert_parity({**latent, **{k: rank[k] for k in ("reward_rank_agreement", "reward_rank_states_used")}},
+                   ref, f"{name} (one space at a time)")
+    assert latent["reward_rank_agreement"] is None and "not requested" in latent["unavailable"]["reward_rank_agreement"]
+    assert rank["m1_latent_onestep"] is None and rank["m2_latent_curve"] is None
+    assert "not requested" in rank["unavailable"]["m2_latent_kstep"]
 
 
 def test_a_reward_blind_model_has_undefined_ranking_on_both_sides(tmp_path, problems):

@@ -10,7 +10,8 @@ Pipeline (SPEC.md sections 5-6)::
     cell     = one model's metrics against those targets
 
 Each model gets every metric its networks support, in one kernel pass
-(:data:`METRIC_SPACES` says where each lives):
+(:data:`METRIC_SPACES` says where each lives), or those of the spaces asked
+for (:data:`SPACES`; the kernel then does only their network work):
 
 - observation space (models with an observation decoder, the adapter schema):
   M1 ``m1_l2_onestep``, M2 ``m2_l2_kstep`` / ``m2_curve``, M3
@@ -63,6 +64,9 @@ __all__ = [
     "DEFAULT_K_STEPS",
     "DEFAULT_CHUNK_STATES",
     "METRIC_SPACES",
+    "SPACES",
+    "requested_spaces",
+    "model_spaces",
     "Problem",
     "OracleTargets",
     "make_problem",
@@ -95,7 +99,10 @@ METRIC_SPACES: dict[str, str] = {
     "m2_latent_curve": "latent",
     "reward_rank_agreement": "reward",
 }
+#: The metric spaces, in report order (the values of METRIC_SPACES).
+SPACES = ("observation", "latent", "reward")
 _OBSERVATION_FIELDS = ("m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement", "m3_states_used")
+_LATENT_FIELDS = ("m1_latent_onestep", "m2_latent_kstep", "m2_latent_curve")
 _REWARD_FIELDS = ("reward_rank_agreement", "reward_rank_states_used")
 
 
@@ -373,26 +380,74 @@ def model_task_index(model: Any, task: str) -> int | None:
     return index
 
 
-def _unavailable(arch: Any) -> dict[str, str]:
-    """Metric -> why this architecture cannot have it (empty: it has them all)."""
+def requested_spaces(spaces: Any = None) -> tuple[str, ...]:
+    """The metric spaces asked for, validated, in :data:`SPACES` order (None or "all": every space).
+
+    ``spaces``: an iterable of space names, or one string of them separated by
+    commas ("observation,reward"). WmelError on an unknown or empty request.
+    """
+    if spaces is None:
+        return SPACES
+    names = spaces.split(",") if isinstance(spaces, str) else list(spaces)
+    names = [str(x).strip() for x in names if str(x).strip()]
+    if "all" in names:
+        return SPACES
+    unknown = [x for x in names if x not in SPACES]
+    if unknown:
+        raise WmelError(f"unknown metric space {unknown[0]!r}: choose from {', '.join(SPACES)}, or all")
+    if not names:
+        raise WmelError(f"no metric space asked for: choose from {', '.join(SPACES)}, or all")
+    return tuple(x for x in SPACES if x in names)
+
+
+def _available(arch: Any) -> dict[str, str | None]:
+    """Space -> why this architecture cannot have its metrics (None: it can)."""
+    return {
+        "observation": None if arch.has_decoder else (
+            "no observation decoder (the model predicts latents only; see the latent-space metrics)"
+        ),
+        "latent": None,
+        "reward": None if arch.has_reward else "no reward head",
+    }
+
+
+def model_spaces(arch: Any, spaces: Any = None) -> tuple[str, ...]:
+    """The spaces whose metrics are computed for ``arch``: those asked for that it can have.
+
+    WmelError when it can have none of them (a decoder-less model asked for
+    the observation-space metrics only, say): there would be nothing to report.
+    """
+    asked = requested_spaces(spaces)
+    why = _available(arch)
+    computed = tuple(x for x in asked if why[x] is None)
+    if not computed:
+        reasons = "; ".join(f"{x}: {why[x]}" for x in asked)
+        raise WmelError(f"the model has none of the metrics asked for ({reasons})")
+    return computed
+
+
+def _unavailable(arch: Any, spaces: tuple[str, ...]) -> dict[str, str]:
+    """Metric -> why it is not reported for this architecture and request (empty: all are)."""
+    why = _available(arch)
     out: dict[str, str] = {}
-    if not arch.has_decoder:
-        why = "no observation decoder (the model predicts latents only; see the latent-space metrics)"
-        out.update({k: why for k in ("m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement")})
-    if not arch.has_reward:
-        out["reward_rank_agreement"] = "no reward head"
+    for metric, space in METRIC_SPACES.items():
+        if why[space] is not None:
+            out[metric] = why[space]
+        elif space not in spaces:
+            out[metric] = f"not requested (metric spaces asked for: {', '.join(spaces)})"
     return out
 
 
 @functools.lru_cache(maxsize=None)
-def _model_kernel(arch: Any, score_fn: Callable) -> Callable:
-    """Every metric the architecture supports, as chunk sums, for one chunk of states.
+def _model_kernel(arch: Any, score_fn: Callable, spaces: tuple[str, ...] = SPACES) -> Callable:
+    """The metrics of ``spaces`` (those the architecture has: :func:`model_spaces`), as chunk sums, for one chunk.
 
     Pure in (params, task index, chunk arrays), so one compilation serves every
-    checkpoint of the architecture (and every task of a multitask one). Returns
-    a dict of :class:`~wmel_jax.metrics.SumCount`: ``m1_latent``,
-    ``m2_latent`` always; ``reward_rank`` with a reward head; ``m1``, ``m2``,
-    ``m3`` with an observation decoder.
+    checkpoint of the architecture (and every task of a multitask one).
+    ``spaces`` is static: a space not asked for costs nothing (its networks
+    are not run). Returns a dict of :class:`~wmel_jax.metrics.SumCount`:
+    ``m1_latent``, ``m2_latent`` (latent); ``reward_rank`` (reward);
+    ``m1``, ``m2``, ``m3`` (observation).
     """
     from wmel_jax.model import decode, encode, next_latent, predict, reward
 
@@ -420,27 +475,29 @@ def _model_kernel(arch: Any, score_fn: Callable) -> Callable:
         z = encode(arch, params, model_obs(states), task)  # (C, latent): once per state
         z_rep = jnp.repeat(z, a, axis=0)  # (C*A, latent), state-major
         act_rep = jnp.tile(act, (n, 1))  # (C*A, action_dim)
-        z_next = next_latent(arch, params, z_rep, act_rep, task)  # shared by every one-step metric
         out = {}
+        if "latent" in spaces or "observation" in spaces:
+            z_next = next_latent(arch, params, z_rep, act_rep, task)  # shared by every one-step metric
 
-        # Latent one-step: against the encoder's view of the oracle's successors.
-        z_true_next = encode(arch, params, model_obs(true_next.reshape(n * a, -1)), task)
-        out["m1_latent"] = M.one_step_l2_sum(z_next.reshape(n, a, -1), z_true_next.reshape(n, a, -1), valid)
+        if "latent" in spaces:
+            # One-step: against the encoder's view of the oracle's successors.
+            z_true_next = encode(arch, params, model_obs(true_next.reshape(n * a, -1)), task)
+            out["m1_latent"] = M.one_step_l2_sum(z_next.reshape(n, a, -1), z_true_next.reshape(n, a, -1), valid)
 
-        # Latent k-step: the latent rolled open loop, as TD-MPC2 plans.
-        def latent_step(zt, action):
-            zt = next_latent(arch, params, zt, jnp.broadcast_to(action, (n, action.shape[0])), task)
-            return zt, zt
+            # k-step: the latent rolled open loop, as TD-MPC2 plans.
+            def latent_step(zt, action):
+                zt = next_latent(arch, params, zt, jnp.broadcast_to(action, (n, action.shape[0])), task)
+                return zt, zt
 
-        _, z_traj = jax.lax.scan(latent_step, z, seq)  # (k, C, latent)
-        z_true_traj = encode(arch, params, model_obs(true_traj.reshape(k * n, -1)), task).reshape(k, n, -1)
-        out["m2_latent"] = M.kstep_l2_curve_sum(z_traj, z_true_traj, valid)
+            _, z_traj = jax.lax.scan(latent_step, z, seq)  # (k, C, latent)
+            z_true_traj = encode(arch, params, model_obs(true_traj.reshape(k * n, -1)), task).reshape(k, n, -1)
+            out["m2_latent"] = M.kstep_l2_curve_sum(z_traj, z_true_traj, valid)
 
-        if arch.has_reward:
+        if "reward" in spaces:
             pred_rewards = reward(arch, params, z_rep, act_rep, task).reshape(n, a)
             out["reward_rank"] = M.action_ranking_agreement(true_rewards, pred_rewards.astype(true_rewards.dtype), valid)
 
-        if arch.has_decoder:
+        if "observation" in spaces:
             pred_next = decode(arch, params, z_next)
             out["m1"] = M.one_step_l2_sum(pred_next.reshape(n, a, -1), true_next, valid)
             pred_scores = jax.vmap(score_fn)(pred_next.astype(true_scores.dtype)).reshape(n, a)
@@ -464,8 +521,12 @@ def model_metrics(
     chunk_states: int = DEFAULT_CHUNK_STATES,
     *,
     total_states: int | None = None,
+    spaces: Any = None,
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """Every metric the model supports on a problem; (metrics, timings).
+    """Every metric the model supports on a problem, or those of ``spaces``; (metrics, timings).
+
+    ``spaces``: the metric spaces to compute (:func:`requested_spaces`; None:
+    all). WmelError when the model has none of them (:func:`model_spaces`).
 
     ``total_states``: the states the caller will put through this
     architecture's kernel in all (every checkpoint of the run), when it knows
@@ -479,12 +540,13 @@ def model_metrics(
     m2_latent_curve (k,); reward: reward_rank_agreement (None when no state
     has a defined tau-b), reward_rank_states_used. A metric the model cannot
     have (no decoder: the observation-space ones; no reward head: the reward
-    ranking) is None, with its states-used count, and ``unavailable`` maps it
-    to the reason.
+    ranking) or that was not asked for is None, with its states-used count,
+    and ``unavailable`` maps it to the reason.
     """
     task = model_task_index(model, problem.task)
+    computed = model_spaces(model.arch, spaces)
     oracle = problem.oracle()
-    kernel = _model_kernel(model.arch, oracle.physics.task.score)
+    kernel = _model_kernel(model.arch, oracle.physics.task.score, computed)
     n = problem.n_states
     size = _chunk_size(n, chunk_states)
     f32 = jnp.float32
@@ -522,8 +584,6 @@ def model_metrics(
     def combined(name: str) -> tuple[Any, int]:
         return M.mean_or_none(M.combine_sums(*(p[name] for p in parts)))
 
-    m1_latent, _ = combined("m1_latent")
-    latent_curve, _ = combined("m2_latent")
     result: dict[str, Any] = dict.fromkeys(_OBSERVATION_FIELDS)
     if "m1" in parts[0]:
         m1, _ = combined("m1")
@@ -531,12 +591,16 @@ def model_metrics(
         m3, m3_used = combined("m3")
         result.update(m1_l2_onestep=m1, m2_l2_kstep=curve[-1], m2_curve=curve, m3_action_agreement=m3,
                       m3_states_used=m3_used)
-    result.update(m1_latent_onestep=m1_latent, m2_latent_kstep=latent_curve[-1], m2_latent_curve=latent_curve)
+    result.update(dict.fromkeys(_LATENT_FIELDS))
+    if "m1_latent" in parts[0]:
+        m1_latent, _ = combined("m1_latent")
+        latent_curve, _ = combined("m2_latent")
+        result.update(m1_latent_onestep=m1_latent, m2_latent_kstep=latent_curve[-1], m2_latent_curve=latent_curve)
     result.update(dict.fromkeys(_REWARD_FIELDS))
     if "reward_rank" in parts[0]:
         rank, rank_used = combined("reward_rank")
         result.update(reward_rank_agreement=rank, reward_rank_states_used=rank_used)
-    unavailable = _unavailable(model.arch)
+    unavailable = _unavailable(model.arch, requested_spaces(spaces))
     if unavailable:
         result["unavailable"] = unavailable
     return result, {"model_compile_s": compile_s, "model_run_s": run_s}

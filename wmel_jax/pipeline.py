@@ -29,8 +29,10 @@ from wmel_jax.evaluate import (
     check_model_fits,
     make_problem,
     model_metrics,
+    model_spaces,
     oracle_targets,
     precompile_oracle_targets,
+    requested_spaces,
 )
 from wmel_jax.fileio import atomic_output, check_writable
 
@@ -57,6 +59,9 @@ class EvalOptions:
     figure: str | None = None
     precision: str | None = None
     chunk_states: int = DEFAULT_CHUNK_STATES
+    #: Metric spaces to compute ("observation", "latent", "reward"; a comma-separated
+    #: string or a sequence; None or "all": every space the model has).
+    metrics: str | Sequence[str] | None = None
 
 
 def read_array_file(path: str | os.PathLike, what: str) -> np.ndarray:
@@ -135,6 +140,7 @@ def run_eval(
     if opts.labels is not None and len(opts.labels) != len(opts.models):
         raise WmelError(f"{len(opts.labels)} labels for {len(opts.models)} models")
     label = list(opts.labels) if opts.labels is not None else [str(m) for m in opts.models]
+    spaces = requested_spaces(opts.metrics)
     if opts.downstream and len(opts.downstream) != len(opts.models):
         raise WmelError(
             f"--downstream takes one file per model, in the same order: got {len(opts.downstream)} "
@@ -191,6 +197,7 @@ def run_eval(
             converted_for = model.task is not None and model.task != task
             try:
                 check_model_fits(model, task)
+                model_spaces(model.arch, spaces)
             except WmelError as e:
                 if converted_for and not model.multitask:
                     raise WmelError(f"{e} (it was converted for {model.task})") from None
@@ -266,7 +273,8 @@ def run_eval(
         if progress:
             progress(j, len(fitting), name)
         values, t = model_metrics(
-            model, problem, targets, opts.chunk_states, total_states=problem.n_states * per_arch[model.arch]
+            model, problem, targets, opts.chunk_states, total_states=problem.n_states * per_arch[model.arch],
+            spaces=spaces,
         )
         timings["model_compile_s"] += t["model_compile_s"]
         timings["model_run_s"] += t["model_run_s"]
@@ -292,6 +300,7 @@ def run_eval(
         "action_set": problem.actions,
         "action_sequence": problem.action_sequence,
         "action_set_source": action_source,
+        "metric_spaces_requested": list(spaces),
         "states": "file: " + str(opts.states) if opts.states else "sampled (seeded random-action rollouts)",
     }
     from wmel_jax.evaluate import METRIC_SPACES

@@ -7,7 +7,7 @@ Layout (values rounded to 6 decimals here and only here; undefined is null)::
     metric_spaces {metric: "observation" | "latent" | "reward"}   (when given)
     cells    [{model, env, m1_l2_onestep, m2_l2_kstep, m2_curve, m3_action_agreement,
                m3_states_used, <more metric fields>,
-               unavailable {metric: reason}   (metrics the model cannot have: null),
+               unavailable {metric: reason}   (metrics the model cannot have or not asked for: null),
                and when paired: gap, verdict, model_size, seed,
                context {downstream_json, environment, oracle_success_rate,
                         learned_success_rate, training_steps}}],

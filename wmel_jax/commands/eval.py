@@ -33,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--downstream", nargs="+", metavar="F.json",
         help="one reference CPG JSON per model, in the same order: adds the gap and its correlation with each metric",
     )
+    parser.add_argument(
+        "--metrics", default="all", metavar="SPACES",
+        help="metric spaces to compute, comma-separated: observation (M1, M2, M3: needs a decoder), latent "
+        "(latent one-step and k-step errors), reward (reward-ranking agreement: needs a reward head), or all "
+        "(default: every one the model has); the kernel does only the asked-for spaces' network work",
+    )
     parser.add_argument("-o", "--output", metavar="report.json", help="write the JSON report here")
     parser.add_argument("--figure", metavar="F.png", help="draw M2 curves and M1/M3 bars here")
     _common.add_runtime_arguments(parser)
@@ -60,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         figure=args.figure,
         precision=args.precision,
         chunk_states=args.chunk_states,
+        metrics=args.metrics,
     )
     report = run_eval(opts, progress=_common.progress_bar())
     sys.stdout.write(format_table(report))
