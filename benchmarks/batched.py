@@ -15,10 +15,11 @@ already has:
   all cores, in a few large batched calls: the encoder once per state, the
   dynamics and decoder once per (state, action), then ``k`` batched
   ``predict`` steps for M2 (the model fed its own prediction, as the
-  reference feeds it). Chunked over states to bound memory. It also computes
-  the latent-space errors wmel-jax reports for every model (encoder on the
-  oracle's successors and trajectory, the latent rolled open loop), so both
-  arms do the same work;
+  reference feeds it). Chunked over states to bound memory. It can also
+  compute the latent-space errors wmel-jax reports (encoder on the oracle's
+  successors and trajectory, the latent rolled open loop); the benchmark's
+  comparisons leave them out on both arms (``latent=False``, wmel-jax's
+  ``--metrics observation``), as the reference computes M1-M3 only;
 - the metrics: vectorised numpy, Kendall tau-b per state over all action pairs
   with the reference's tie and undefined rules.
 
@@ -207,7 +208,7 @@ class TorchAdapter:
         self.action_set = np.asarray(actions, np.float64)
 
     def predictions(self, states: np.ndarray, actions: np.ndarray, sequence: np.ndarray,
-                    true_next: np.ndarray, true_traj: np.ndarray) -> dict[str, np.ndarray]:
+                    true_next: np.ndarray, true_traj: np.ndarray, latent: bool = True) -> dict[str, np.ndarray]:
         """Everything the metrics need from the model, for one chunk of states.
 
         states (C, obs_dim), actions (A, action_dim), sequence (k, action_dim),
@@ -217,6 +218,8 @@ class TorchAdapter:
         fed its own predictions; ``latent_err`` (C, A) = ||next(encode(s), a) -
         encode(O(s, a))||; ``latent_traj_err`` (k, C) = ||z_t - encode(s_t)||
         with z rolled open loop from encode(s). float32, as the model.
+        ``latent=False``: the observation-space predictions only (no latent
+        keys, none of their network work: what ``--metrics observation`` does).
         """
         import torch
 
@@ -229,25 +232,24 @@ class TorchAdapter:
             z = model.encode(obs)  # once per state
             z_next = model.next(z.repeat_interleave(a, dim=0), act.repeat(n, 1))  # (C*A, latent), state-major
             pred_next = model.decode(z_next).reshape(n, a, -1)
+            pred_traj, o = [], obs
+            for action in np.asarray(sequence, f32):
+                o = model.predict(o, torch.from_numpy(action).expand(n, -1))  # fed its own prediction
+                pred_traj.append(o)
+            out = {"pred_next": pred_next.numpy(), "pred_traj": torch.stack(pred_traj).numpy()}
+            if not latent:
+                return out
             z_true = model.encode(torch.from_numpy(np.ascontiguousarray(true_next.reshape(n * a, -1), f32)))
-            latent_err = torch.linalg.vector_norm(z_next - z_true, dim=-1).reshape(n, a)
+            out["latent_err"] = torch.linalg.vector_norm(z_next - z_true, dim=-1).reshape(n, a).numpy()
             k = sequence.shape[0]
             z_true_traj = model.encode(torch.from_numpy(np.ascontiguousarray(true_traj.reshape(k * n, -1), f32)))
             z_true_traj = z_true_traj.reshape(k, n, -1)
-            pred_traj, latent_traj_err = [], []
-            o, zt = obs, z
+            latent_traj_err, zt = [], z
             for t, action in enumerate(np.asarray(sequence, f32)):
-                act_t = torch.from_numpy(action).expand(n, -1)
-                o = model.predict(o, act_t)  # fed its own prediction
-                zt = model.next(zt, act_t)  # the latent, never re-encoded
-                pred_traj.append(o)
+                zt = model.next(zt, torch.from_numpy(action).expand(n, -1))  # the latent, never re-encoded
                 latent_traj_err.append(torch.linalg.vector_norm(zt - z_true_traj[t], dim=-1))
-            return {
-                "pred_next": pred_next.numpy(),
-                "pred_traj": torch.stack(pred_traj).numpy(),
-                "latent_err": latent_err.numpy(),
-                "latent_traj_err": torch.stack(latent_traj_err).numpy(),
-            }
+            out["latent_traj_err"] = torch.stack(latent_traj_err).numpy()
+            return out
 
 
 def kendall_tau_b_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -270,12 +272,13 @@ def kendall_tau_b_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def torch_metrics(model: TorchAdapter, task: str, states: np.ndarray, actions: np.ndarray, sequence: np.ndarray,
-                  targets: NativeTargets, chunk_states: int = 4096) -> dict[str, Any]:
+                  targets: NativeTargets, chunk_states: int = 4096, *, latent: bool = True) -> dict[str, Any]:
     """Every metric wmel-jax reports for an adapter model, against the oracle's answers; unrounded.
 
     Observation space: m1_l2_onestep, m2_l2_kstep, m2_curve (k floats),
     m3_action_agreement (None when no state has a defined tau-b),
-    m3_states_used; latent space: m1_latent_onestep, m2_latent_kstep,
+    m3_states_used; latent space (unless ``latent=False``, as
+    ``--metrics observation``): m1_latent_onestep, m2_latent_kstep,
     m2_latent_curve. Chunked over states (``chunk_states`` at a time) to bound
     torch's memory; sums in float64.
     """
@@ -287,7 +290,7 @@ def torch_metrics(model: TorchAdapter, task: str, states: np.ndarray, actions: n
     for start in range(0, n, chunk_states):
         stop = min(start + chunk_states, n)
         out = model.predictions(states[start:stop], actions, sequence, targets.next_obs[start:stop],
-                                targets.trajectory[:, start:stop])
+                                targets.trajectory[:, start:stop], latent)
         pred = out["pred_next"].astype(np.float64)  # (C, A, obs_dim)
         m1_sum += float(np.sum(np.linalg.norm(pred - targets.next_obs[start:stop], axis=-1)))
         tau, defined = kendall_tau_b_rows(targets.scores[start:stop], score_rows(task, pred))
@@ -295,31 +298,35 @@ def torch_metrics(model: TorchAdapter, task: str, states: np.ndarray, actions: n
         used += int(np.sum(defined))
         traj = out["pred_traj"].astype(np.float64)  # (k, C, obs_dim)
         curve_sum += np.sum(np.linalg.norm(traj - targets.trajectory[:, start:stop], axis=-1), axis=1)
-        latent_sum += float(np.sum(out["latent_err"], dtype=np.float64))
-        latent_curve_sum += np.sum(out["latent_traj_err"], axis=1, dtype=np.float64)
+        if latent:
+            latent_sum += float(np.sum(out["latent_err"], dtype=np.float64))
+            latent_curve_sum += np.sum(out["latent_traj_err"], axis=1, dtype=np.float64)
     curve = curve_sum / n
     latent_curve = latent_curve_sum / n
-    return {
+    result = {
         "m1_l2_onestep": m1_sum / (n * a),
         "m2_l2_kstep": float(curve[-1]),
         "m2_curve": [float(v) for v in curve],
         "m3_action_agreement": tau_sum / used if used else None,
         "m3_states_used": used,
-        "m1_latent_onestep": latent_sum / (n * a),
-        "m2_latent_kstep": float(latent_curve[-1]),
-        "m2_latent_curve": [float(v) for v in latent_curve],
     }
+    if latent:
+        result.update(m1_latent_onestep=latent_sum / (n * a), m2_latent_kstep=float(latent_curve[-1]),
+                      m2_latent_curve=[float(v) for v in latent_curve])
+    return result
 
 
 def run_batched(model_paths: list[str | os.PathLike], task: str, states: np.ndarray, actions: np.ndarray,
                 sequence: np.ndarray, *, frame_skip: int = 1, nthread: int | None = None,
-                chunk_states: int = 4096, oracle: NativeTaskOracle | None = None) -> dict[str, Any]:
+                chunk_states: int = 4096, oracle: NativeTaskOracle | None = None,
+                latent: bool = True) -> dict[str, Any]:
     """The whole arm: the oracle once, then every model; metrics and seconds.
 
     Returns {"metrics": [per model dict], "oracle_s": float, "model_s": [per model float],
     "total_s": float, "threads": int}. ``oracle``: a NativeTaskOracle to reuse
     (its thread pool stays open), else one is built and closed here (its
     set-up is not timed: it is a one-time cost, like loading the model).
+    ``latent``: as :func:`torch_metrics`.
     """
     import torch
 
@@ -335,7 +342,7 @@ def run_batched(model_paths: list[str | os.PathLike], task: str, states: np.ndar
         metrics, model_s = [], []
         for model in models:
             t1 = time.perf_counter()
-            metrics.append(torch_metrics(model, task, states, actions, sequence, targets, chunk_states))
+            metrics.append(torch_metrics(model, task, states, actions, sequence, targets, chunk_states, latent=latent))
             model_s.append(time.perf_counter() - t1)
         total = time.perf_counter() - t0
     finally:

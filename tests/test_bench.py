@@ -123,6 +123,13 @@ def test_batched_arm_computes_the_metrics_wmel_jax_computes(task, model_kind, ch
         assert theirs["m3_action_agreement"] == pytest.approx(ours["m3_action_agreement"], abs=M3_ATOL)
     assert abs(theirs["m3_states_used"] - ours["m3_states_used"]) <= 1  # a near-tie may flip one state
     assert out["oracle_s"] > 0 and len(out["model_s"]) == 1
+    # Observation-space only (the benchmark's like-for-like setting): the same numbers, no latent work.
+    obs_only = BT.run_batched([pt], task, np.asarray(problem.states), np.asarray(problem.actions),
+                              np.asarray(problem.action_sequence), chunk_states=EVAL_CHUNK, latent=False)
+    (narrow,) = obs_only["metrics"]
+    assert set(narrow) == {"m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement", "m3_states_used"}
+    for key in narrow:
+        assert narrow[key] == theirs[key], key
 
 
 # --------------------------------------------------------------------------- #
@@ -166,17 +173,17 @@ def _row(task: str, size: int, n: int, warm: float, ref: float, batched: float) 
         "wmel_jax": {"warm_s": warm, "oracle_s": warm / 4, "model_s": 3 * warm / 4, "oracle_kernel_s": warm / 4,
                      "model_kernel_s": 3 * warm / 4, "cold_s": warm + 10, "compile_s": 10.0,
                      "oracle_compile_s": 9.0, "model_compile_s": 1.0, "runs": 3,
-                     "states_per_s": n / warm, "evals_per_s": n * a / warm, "cold_states_per_s": n / (warm + 10)},
+                     "states_per_s": n / warm, "evals_per_s": n * a / warm, "cold_states_per_s": n / (warm + 10),
+                     "all_metrics": {"warm_s": 2 * warm, "model_s": 1.75 * warm, "model_kernel_s": 1.75 * warm,
+                                     "model_compile_s": 1.0, "kernel_gflop": 2e-5 * n, "kernel_gflop_per_s": 100.0}},
         "ratios": {"wmel_over_reference": ref / warm, "wmel_over_batched": batched / warm,
                    "cold_wmel_over_reference": ref / (warm + 10)},
         "network": {"kernel_gflop": 1e-5 * n, "kernel_gflop_per_s": 100.0, "fraction_of_peak": 0.25,
                     "shape_peak_gflops": 150.0, "shape_peak_rows": 4096, "fraction_of_shape_peak": 0.67,
-                    "observation_metrics_gflop": 6e-6 * n,
                     "torch_gflop_per_s": 80.0, "torch_fraction_of_peak": 0.2, "padded_states": n},
         "physics": {"steps": 15 * n, "oracle_steps_per_s": 4e5, "native_steps_per_s": 2e5,
                     "fraction_of_native": 2.0},
-        "agreement": {"m1_rel": 1e-7, "m2_curve_rel": 1e-6, "m3_abs": 0.0, "latent_m1_rel": 1e-7,
-                      "latent_m2_curve_rel": 1e-7},
+        "agreement": {"m1_rel": 1e-7, "m2_curve_rel": 1e-6, "m3_abs": 0.0},
     }
 
 
@@ -281,6 +288,8 @@ def test_writers_produce_json_markdown_and_png(tmp_path):
     assert "scaled linearly to N" in md and "TFRT_CPU_0" in md
     assert "estimated" in md  # the quick sweep's batched arm is labelled
     assert md.count("**PASS**") == 7
+    assert "| 10 | 1 | 20,000 |" in md  # the default eval's warm time (all metrics) beside the compared one
+    assert "the default eval (latent metrics too, 0 GFLOP) took 1.000 s, x40.0" in md
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
 
