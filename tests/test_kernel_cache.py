@@ -171,7 +171,7 @@ def test_sampled_states_from_a_stored_kernel_are_bit_identical(cache_root):
 def test_model_metrics_from_a_stored_kernel_are_bit_identical(cache_root, problem):
     model = wmel_jax.load(EXAMPLES_DIR / "cartpole-swingup-good.safetensors")
     targets = evaluate.oracle_targets(problem, CHUNK)
-    kernel = evaluate._model_kernel(model.arch, problem.oracle().physics.task.score)
+    kernel = evaluate._model_kernel(model.arch, problem.oracle().physics.task.score, evaluate.model_spaces(model.arch))
     kernel_cache.clear(kernel)
     s0 = kernel_cache.stats()
     fresh, _ = evaluate.model_metrics(model, problem, targets, CHUNK)
@@ -277,17 +277,19 @@ def test_closure_constants_and_code_change_the_key():
     pred, true, valid = _tiny_args()
     add = lambda c: _stem(functools.partial(jnp.add, np.array([c], np.float32)), pred)  # noqa: E731
     assert add(1.0) == add(1.0) and add(1.0) != add(2.0)
-    # Closures over other values: model kernels of two architectures, of two tasks' scores.
+    # Closures over other values: model kernels of two architectures, of two tasks' scores, of two
+    # metric selections (`--metrics`).
     model = wmel_jax.load(EXAMPLES_DIR / "cartpole-swingup-good.safetensors")
     acro = wmel_jax.load(EXAMPLES_DIR / "acrobot-swingup-good.safetensors")
     cart_score = wmel_jax.make_oracle(TASK).physics.task.score
     acro_score = wmel_jax.make_oracle("acrobot-swingup").physics.task.score
     keys = {
-        json.dumps(kernel_cache.content_key(evaluate._model_kernel(arch, score)))
+        json.dumps(kernel_cache.content_key(evaluate._model_kernel(arch, score, spaces)))
         for arch in (model.arch, acro.arch)
         for score in (cart_score, acro_score)
+        for spaces in (("observation",), ("observation", "latent"))
     }
-    assert len(keys) == 4
+    assert len(keys) == 8
     # Code objects: the same bytecode with another constant.
     f = lambda x: x * 2.0  # noqa: E731
     g = lambda x: x * 3.0  # noqa: E731

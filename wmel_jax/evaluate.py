@@ -439,7 +439,7 @@ def _unavailable(arch: Any, spaces: tuple[str, ...]) -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=None)
-def _model_kernel(arch: Any, score_fn: Callable, spaces: tuple[str, ...] = SPACES) -> Callable:
+def _model_kernel(arch: Any, score_fn: Callable, spaces: tuple[str, ...]) -> Callable:
     """The metrics of ``spaces`` (those the architecture has: :func:`model_spaces`), as chunk sums, for one chunk.
 
     Pure in (params, task index, chunk arrays), so one compilation serves every
