@@ -654,6 +654,27 @@ def run_reference(
         torch.set_num_threads(previous)
 
 
+def _states_and_sequence(task: str, states: Any, n_states: int, seed: int, frame_skip: int,
+                         actions: Sequence[Any], action_sequence: Any, k_steps: int,
+                         ) -> tuple[list[tuple[float, ...]], list[tuple[float, ...]], float]:
+    """The run's states (given, else collected as SPEC section 5) and M2's action sequence (given, else
+    drawn); (state rows, sequence rows, seconds spent collecting the states)."""
+    from converters.tasks import KNOWN_TASK_DIMS
+
+    obs_dim, action_dim = KNOWN_TASK_DIMS[task]
+    t0 = time.perf_counter()
+    if states is None:
+        state_rows = collect_states(task, n_states, seed, frame_skip, actions=actions)
+    else:
+        state_rows = _as_rows("states", states, obs_dim, f"observations of {task}")
+    collect_s = time.perf_counter() - t0
+    if action_sequence is None:
+        sequence = reference_action_sequence(actions, k_steps, seed)
+    else:
+        sequence = _as_rows("action sequence", action_sequence, action_dim, "one action per row")
+    return state_rows, sequence, collect_s
+
+
 def _run_reference(model_path: Any, task: str, states: Any, n_states: int, k_steps: int, seed: int,
                    frame_skip: int | None, action_sequence: Any, torch_threads: int | None) -> dict[str, Any]:
     from wmel_jax.errors import WmelError
@@ -675,15 +696,8 @@ def _run_reference(model_path: Any, task: str, states: Any, n_states: int, k_ste
     oracle_step, score, _ = dm_control_oracle(task, frame_skip)
     t_setup = time.perf_counter()
 
-    if states is None:
-        state_rows = collect_states(task, n_states, seed, frame_skip, actions=actions)
-    else:
-        state_rows = _as_rows("states", states, obs_dim, f"observations of {task}")
-    t_states = time.perf_counter()
-    if action_sequence is None:
-        sequence = reference_action_sequence(actions, k_steps, seed)
-    else:
-        sequence = _as_rows("action sequence", action_sequence, action_dim, "one action per row")
+    state_rows, sequence, collect_s = _states_and_sequence(task, states, n_states, seed, frame_skip, actions,
+                                                           action_sequence, k_steps)
 
     calls = {"model": 0, "oracle": 0}
 
@@ -713,7 +727,7 @@ def _run_reference(model_path: Any, task: str, states: Any, n_states: int, k_ste
         "torch_threads": torch_threads,
         "timings": {
             "setup_s": t_setup - t_start,
-            "collect_states_s": t_states - t_setup,
+            "collect_states_s": collect_s,
             "metrics_s": t_end - t_metrics,
             "total_s": t_end - t_start,
         },
@@ -993,15 +1007,8 @@ def _run_reference_latent(model_path: Any, task: str, states: Any, action_sequen
     oracle_step_reward = dm_control_oracle_with_reward(task, frame_skip)
     action_set = default_actions(task) if actions is None else _as_rows("actions", actions, action_dim, "action set")
     t_setup = time.perf_counter()
-    if states is None:
-        state_rows = collect_states(task, n_states, seed, frame_skip, actions=action_set)
-    else:
-        state_rows = _as_rows("states", states, obs_dim, f"observations of {task}")
-    t_states = time.perf_counter()
-    if action_sequence is None:
-        sequence = reference_action_sequence(action_set, k_steps, seed)
-    else:
-        sequence = _as_rows("action sequence", action_sequence, action_dim, "one action per row")
+    state_rows, sequence, collect_s = _states_and_sequence(task, states, n_states, seed, frame_skip, action_set,
+                                                           action_sequence, k_steps)
     t_metrics = time.perf_counter()
     metrics = reference_latent_metrics(state_rows, action_set, sequence, oracle_step_reward, encode, next_latent, reward)
     t_end = time.perf_counter()
@@ -1019,7 +1026,7 @@ def _run_reference_latent(model_path: Any, task: str, states: Any, action_sequen
         "torch_threads": torch_threads,
         "timings": {
             "setup_s": t_setup - t_start,
-            "collect_states_s": t_states - t_setup,
+            "collect_states_s": collect_s,
             "metrics_s": t_end - t_metrics,
             "total_s": t_end - t_start,
         },
