@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.native import NativeRollout, default_threads
+from wmel_jax.benchmarks.native import NativeRollout, default_threads
 
 __all__ = [
     "NativeTaskOracle",
@@ -202,7 +202,7 @@ class TorchAdapter:
     """An adapter-schema ``.pt`` as batched float32 torch calls under ``no_grad``."""
 
     def __init__(self, path: str | os.PathLike):
-        from benchmarks.reference import load_adapter
+        from wmel_jax.benchmarks.reference import load_adapter
 
         self.model, actions, self.meta = load_adapter(path)
         self.action_set = np.asarray(actions, np.float64)

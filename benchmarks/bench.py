@@ -1,7 +1,7 @@
 """``wmel-jax bench``: wmel-jax against the per-sample reference and the best batched alternative.
 
     python -m wmel_jax bench [--quick | --full] [--out DIR] [--tasks ...] [--sizes ...] [--n ...]
-    python -m benchmarks.bench ...                      # the same
+    python -m wmel_jax.benchmarks.bench ...                      # the same
 
 In ONE process, on the same seeded states, the same models and the same action
 sets for every arm (so machine drift hits every arm alike; the arms take turns
@@ -468,8 +468,8 @@ def build_models(plan: Plan, folder: Path) -> dict[str, Any]:
     random upstream-layout size-1 agent, converted with frame_skip 1 so it
     shares the adapter models' oracle problem.
     """
-    from converters import tdmpc2_torch as T
-    from converters.convert import convert_checkpoint
+    from wmel_jax.converters import tdmpc2_torch as T
+    from wmel_jax.converters.convert import convert_checkpoint
     from wmel_jax.demo import EXAMPLES_DIR
 
     def save(model: Any, task: str, name: str, size: int) -> BenchModel:
@@ -517,7 +517,7 @@ class ReferenceArm:
     """The per-sample reference path for one task: dm_control oracle built once, models batch-of-1."""
 
     def __init__(self, task: str, actions: np.ndarray, sequence: np.ndarray):
-        from benchmarks.reference import dm_control_oracle
+        from wmel_jax.benchmarks.reference import dm_control_oracle
 
         self.task = task
         self.oracle_step, self.score, _ = dm_control_oracle(task, 1)
@@ -529,7 +529,7 @@ class ReferenceArm:
         """Seconds for M1/M2/M3 of ``pt`` on ``states`` (torch with 1 thread, as the reference runs)."""
         import torch
 
-        from benchmarks.reference import adapter_step, load_adapter, reference_metrics
+        from wmel_jax.benchmarks.reference import adapter_step, load_adapter, reference_metrics
 
         if pt not in self._steps:
             self._steps[pt] = adapter_step(load_adapter(pt)[0])
@@ -593,7 +593,7 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
     import torch
 
     import wmel_jax
-    from benchmarks.batched import NativeTaskOracle, TorchAdapter, native_targets, torch_metrics
+    from wmel_jax.benchmarks.batched import NativeTaskOracle, TorchAdapter, native_targets, torch_metrics
     from wmel_jax.evaluate import make_problem, model_metrics, oracle_targets
 
     configs = [c for c in plan.configs if c[0] == task]
@@ -818,7 +818,7 @@ def _bench_sweep(task: str, plan: Plan, sweep_models: list[BenchModel], problem:
     import torch
 
     import wmel_jax
-    from benchmarks.batched import TorchAdapter, native_targets, torch_metrics
+    from wmel_jax.benchmarks.batched import TorchAdapter, native_targets, torch_metrics
     from wmel_jax.evaluate import model_metrics, oracle_targets
 
     n = problem.n_states
@@ -904,7 +904,7 @@ def _bench_upstream(task: str, plan: Plan, model: BenchModel, problem: Any, full
                     chunk: int, compiled: dict[str, float]) -> dict[str, Any]:
     """One upstream-layout (decoder-less) checkpoint: latent metrics + reward ranking, and its per-sample reference."""
     import wmel_jax
-    from benchmarks.reference import run_reference_latent
+    from wmel_jax.benchmarks.reference import run_reference_latent
     from wmel_jax.evaluate import model_metrics, oracle_targets
 
     n = problem.n_states
@@ -1496,7 +1496,7 @@ def _example(task: str) -> Path:
     return EXAMPLES_DIR / f"{task}-good.safetensors"
 
 
-def build_parser(prog: str = "python -m benchmarks.bench") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m wmel_jax.benchmarks.bench") -> argparse.ArgumentParser:
     from wmel_jax.commands.bench import add_arguments  # the flags of ``wmel-jax bench``, declared once
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
@@ -1538,7 +1538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        return run_from_args(args, "python -m benchmarks.bench " + " ".join(argv))
+        return run_from_args(args, "python -m wmel_jax.benchmarks.bench " + " ".join(argv))
     except WmelError as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,6 +1,6 @@
 """Chunked physics batches: equal chunks against full chunks plus a padded remainder.
 
-    python -m benchmarks.chunking            # cartpole-swingup step, N = 5,000 and 8,192, 7 runs
+    python -m wmel_jax.benchmarks.chunking            # cartpole-swingup step, N = 5,000 and 8,192, 7 runs
 
 On CPU the oracle's kernels run big batches in chunks of at most 4,096 states
 (:func:`wmel_jax.oracle.base.batch_chunk`). :func:`~wmel_jax.oracle.base.map_chunks`

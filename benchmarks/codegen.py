@@ -1,7 +1,7 @@
 """XLA:CPU codegen options and tracing of the physics kernels: compile time against run time.
 
-    python -m benchmarks.codegen                 # the three tasks, 5 timed runs per kernel
-    python -m benchmarks.codegen --tasks cartpole-swingup --runs 3
+    python -m wmel_jax.benchmarks.codegen                 # the three tasks, 5 timed runs per kernel
+    python -m wmel_jax.benchmarks.codegen --tasks cartpole-swingup --runs 3
 
 Justifies :func:`wmel_jax.oracle.base.compiler_options` and the per-state
 jitted MJX stages of :class:`~wmel_jax.oracle.base.Physics`. Each task runs in
@@ -129,7 +129,7 @@ def _child(task: str, mode: str, runs: int) -> dict:
 
 
 def _run_child(task: str, mode: str, runs: int) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.codegen", "--child", task, mode, "--runs", str(runs)]
+    cmd = [sys.executable, "-m", "wmel_jax.benchmarks.codegen", "--child", task, mode, "--runs", str(runs)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     sys.stderr.write(done.stderr if done.returncode else "")

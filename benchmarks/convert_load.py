@@ -13,7 +13,7 @@ imported. Measured here:
 
 Writes ``benchmarks/results/convert_load.json``. Run from the repository root::
 
-    PYTHONPATH=$PWD python benchmarks/convert_load.py [--repeats 5]
+    python -m wmel_jax.benchmarks.convert_load [--repeats 5]
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ def _env() -> dict[str, str]:
 
 
 def bench_convert(tmp: Path, repeats: int) -> dict:
-    from converters import tdmpc2_torch as T
-    from converters.convert import convert
+    from wmel_jax.converters import tdmpc2_torch as T
+    from wmel_jax.converters.convert import convert
 
     model = T.build_upstream(48, 6, 2, seed=0)
     src = tmp / "size48.pt"
@@ -101,8 +101,8 @@ def bench_convert(tmp: Path, repeats: int) -> dict:
 
 
 def bench_load(tmp: Path, repeats: int) -> dict:
-    from converters import tdmpc2_torch as T
-    from converters.convert import convert_checkpoint
+    from wmel_jax.converters import tdmpc2_torch as T
+    from wmel_jax.converters.convert import convert_checkpoint
 
     out = {}
     for name, build, save in (

@@ -1,7 +1,7 @@
 """Does a float32 oracle rank actions like a float64 one? And how much faster is it?
 
-    python -m benchmarks.oracle_precision            # 10,000 states per task
-    python -m benchmarks.oracle_precision --n 2000   # quicker
+    python -m wmel_jax.benchmarks.oracle_precision            # 10,000 states per task
+    python -m wmel_jax.benchmarks.oracle_precision --n 2000   # quicker
 
 For each task: 10,000 seeded states (``sample_states``, float64), every
 default action from every state, one env step (k = 1) with a float64 and a
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
-        "command": "python -m benchmarks.oracle_precision " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m wmel_jax.benchmarks.oracle_precision " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
         "jax_backend": jax.default_backend(),
         "k": 1,

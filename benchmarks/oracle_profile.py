@@ -1,7 +1,7 @@
 """Where an oracle step's time goes, and what each speed-up is worth.
 
-    python -m benchmarks.oracle_profile                      # reacher-easy, N = 1k, 16k, 64k
-    python -m benchmarks.oracle_profile --task cartpole-swingup --sizes 16384
+    python -m wmel_jax.benchmarks.oracle_profile                      # reacher-easy, N = 1k, 16k, 64k
+    python -m wmel_jax.benchmarks.oracle_profile --task cartpole-swingup --sizes 16384
 
 Two tables, float64, same seeded states (``sample_states``) and actions:
 
@@ -92,7 +92,7 @@ def _pick(d, what: str):
 def ablation(oracle, obs, act, runs: int, nthread: int, naive_max: int) -> tuple[dict[str, float], dict[str, int]]:
     import jax
 
-    from benchmarks.oracle_throughput import _Native, _naive_step
+    from wmel_jax.benchmarks.oracle_throughput import _Native, _naive_step
     from wmel_jax.oracle import base
 
     n = obs.shape[0]
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     out = args.out or RESULTS / f"oracle_profile_{args.task}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    report["command"] = "python -m benchmarks.oracle_profile " + " ".join(sys.argv[1:] if argv is None else argv)
+    report["command"] = "python -m wmel_jax.benchmarks.oracle_profile " + " ".join(sys.argv[1:] if argv is None else argv)
     write_json(out, report)
     print(f"\nwrote {out}")
     return 0

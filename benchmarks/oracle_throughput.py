@@ -1,7 +1,7 @@
 """Oracle throughput: MJX oracle steps/s against MuJoCo's native multi-threaded rollout.
 
-    python -m benchmarks.oracle_throughput            # N = 1k, 16k, 64k; 10-step scan at 16k
-    python -m benchmarks.oracle_throughput --quick    # N = 1k, 4k; scan at 1k; fewer runs
+    python -m wmel_jax.benchmarks.oracle_throughput            # N = 1k, 16k, 64k; 10-step scan at 16k
+    python -m wmel_jax.benchmarks.oracle_throughput --quick    # N = 1k, 4k; scan at 1k; fewer runs
 
 For each task and precision, on the same seeded states (``sample_states``) and
 the same per-state random actions:
@@ -83,7 +83,7 @@ class _Native:
     """C MuJoCo stepping the oracle's physics states, via mujoco.rollout on all cores."""
 
     def __init__(self, oracle, nthread: int):
-        from benchmarks.native import NativeRollout
+        from wmel_jax.benchmarks.native import NativeRollout
 
         self.oracle = oracle
         self.rollout = NativeRollout(type(oracle.physics.task).xml_file, nthread)
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         for precision in args.precision:
             rows += bench_task(task, precision, sizes, scan_n, scan_k, runs, nthread, args.naive_max)
     meta = {
-        "command": "python -m benchmarks.oracle_throughput " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m wmel_jax.benchmarks.oracle_throughput " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": f"{platform.processor() or platform.machine()}, {nthread} cores, {platform.system()}",
         "native_threads": nthread,
         "runs": runs,

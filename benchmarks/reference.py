@@ -32,7 +32,7 @@ The whole path, as the reference project's Stage-2 script runs it:
 - :func:`run_reference`: all of it for one checkpoint, with wall times, and
   a command line::
 
-      python -m benchmarks.reference MODEL.pt --env TASK [--n-states N] [--k-steps K]
+      python -m wmel_jax.benchmarks.reference MODEL.pt --env TASK [--n-states N] [--k-steps K]
           [--seed S] [--states F.npy] [--action-sequence F.npy] [-o out.json]
 
 torch and dm_control are imported inside the functions that need them, so the
@@ -455,7 +455,7 @@ def load_adapter(path: str | os.PathLike) -> tuple[Any, list[tuple[float, ...]],
     nothing in the file is executed. Raises WmelError when the file is missing
     or is not an adapter-schema checkpoint.
     """
-    from converters.tdmpc2_torch import AdapterWorldModel
+    from wmel_jax.converters.tdmpc2_torch import AdapterWorldModel
     from wmel_jax.errors import WmelError
 
     path = Path(path)
@@ -659,7 +659,7 @@ def _states_and_sequence(task: str, states: Any, n_states: int, seed: int, frame
                          ) -> tuple[list[tuple[float, ...]], list[tuple[float, ...]], float]:
     """The run's states (given, else collected as SPEC section 5) and M2's action sequence (given, else
     drawn); (state rows, sequence rows, seconds spent collecting the states)."""
-    from converters.tasks import KNOWN_TASK_DIMS
+    from wmel_jax.converters.tasks import KNOWN_TASK_DIMS
 
     obs_dim, action_dim = KNOWN_TASK_DIMS[task]
     t0 = time.perf_counter()
@@ -681,7 +681,7 @@ def _run_reference(model_path: Any, task: str, states: Any, n_states: int, k_ste
 
     t_start = time.perf_counter()
     _check_task(task)
-    from converters.tasks import KNOWN_TASK_DIMS
+    from wmel_jax.converters.tasks import KNOWN_TASK_DIMS
 
     model, actions, meta = load_adapter(model_path)
     model_step = adapter_step(model)
@@ -836,7 +836,7 @@ def _upstream_config(state: Any) -> Any:
     bins, the Q ensemble (current layout, ``_Qs.params.{layer}.*``), the task
     embedding and the action masks (whose row sums are the tasks' action widths).
     """
-    from converters.tdmpc2_torch import Config
+    from wmel_jax.converters.tdmpc2_torch import Config
     from wmel_jax.errors import WmelError
 
     def shape(key: str) -> tuple[int, ...]:
@@ -882,7 +882,7 @@ def load_upstream(path: str | os.PathLike) -> Any:
     file is executed), ``{"model": state_dict}`` or the bare state dict, the
     current Q layout; loaded with ``load_state_dict(strict=True)``.
     """
-    from converters.tdmpc2_torch import WorldModel
+    from wmel_jax.converters.tdmpc2_torch import WorldModel
     from wmel_jax.errors import WmelError
 
     path = Path(path)
@@ -983,7 +983,7 @@ def run_reference_latent(
 def _run_reference_latent(model_path: Any, task: str, states: Any, action_sequence: Any, actions: Any,
                           frame_skip: int, task_name: str | None, n_states: int, k_steps: int, seed: int,
                           torch_threads: int | None) -> dict[str, Any]:
-    from converters.tasks import KNOWN_TASK_DIMS, upstream_task_names
+    from wmel_jax.converters.tasks import KNOWN_TASK_DIMS, upstream_task_names
     from wmel_jax.errors import WmelError
 
     t_start = time.perf_counter()
@@ -1045,12 +1045,12 @@ def _load_npy(path: str, what: str) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m benchmarks.reference MODEL.pt --env TASK ...``: the reference path on one model."""
+    """``python -m wmel_jax.benchmarks.reference MODEL.pt --env TASK ...``: the reference path on one model."""
     from wmel_jax.errors import EXIT_USAGE, WmelError
     from wmel_jax.fileio import check_writable, write_json
 
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.reference",
+        prog="python -m wmel_jax.benchmarks.reference",
         description="M1/M2/M3 of one adapter-schema .pt by the per-sample reference path "
         "(torch batch-of-1, dm_control one state at a time).",
     )

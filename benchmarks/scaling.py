@@ -1,6 +1,6 @@
 """Does wmel-jax's warm time grow linearly with N? (issue 5: N = 100k within 1.3x of linear from 10k)
 
-    PYTHONPATH=$PWD python -m benchmarks.scaling [--runs 3]
+    python -m wmel_jax.benchmarks.scaling [--runs 3]
 
 One size-1 cartpole-swingup model (the shipped good example), the oracle's
 answers and the model's metrics (what ``wmel-jax eval`` computes after
@@ -23,7 +23,7 @@ SIZES = (10_000, 100_000)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m wmel_jax.benchmarks.scaling", description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--out", default=str(RESULTS / "scaling.json"))
     args = p.parse_args(argv)

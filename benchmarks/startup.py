@@ -1,8 +1,8 @@
 """``wmel-jax eval`` start-up: a whole process with an empty, a warm and no cache.
 
-    python -m benchmarks.startup                       # three tasks, 3 rounds
-    python -m benchmarks.startup --tasks cartpole-swingup --rounds 5
-    python -m benchmarks.startup --root /path/to/other/checkout   # the same runs of another version
+    python -m wmel_jax.benchmarks.startup                       # three tasks, 3 rounds
+    python -m wmel_jax.benchmarks.startup --tasks cartpole-swingup --rounds 5
+    python -m wmel_jax.benchmarks.startup --root /path/to/other/checkout   # the same runs of another version
 
 Each round runs, per task, in fresh processes and with the defaults (N = 150,
 k = 10) on the shipped size-1 example model ``<task>-good.safetensors``:

@@ -38,7 +38,7 @@ from wmel_jax.fileio import check_output_path
 from wmel_jax.model.arch import DEFAULT_SIMNORM_DIM, Arch, infer_arch
 from wmel_jax.model.fileformat import write_model_file
 
-from converters.tasks import determine_task, upstream_task_names
+from wmel_jax.converters.tasks import determine_task, upstream_task_names
 
 __all__ = ["convert_checkpoint", "convert", "Conversion", "CONVERTER_VERSION"]
 

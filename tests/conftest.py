@@ -82,7 +82,7 @@ class CheckpointCache:
     def _build(self, key: tuple, make, save, cache: bool) -> Checkpoint:
         if cache and key in self._built:
             return self._built[key]
-        from converters.convert import convert_checkpoint
+        from wmel_jax.converters.convert import convert_checkpoint
 
         folder = self.root / f"ckpt{len(self._built)}_{abs(hash(key)) % 10**8}"
         folder.mkdir()
@@ -98,7 +98,7 @@ class CheckpointCache:
     def upstream(self, size: int, *, num_tasks: int = 0, layout: str = "current", seed: int = 0,
                  obs_dim: int = 5, action_dim: int = 1, episodic: bool = False,
                  cache: bool = True) -> Checkpoint:
-        from converters import tdmpc2_torch as T
+        from wmel_jax.converters import tdmpc2_torch as T
 
         key = ("upstream", size, num_tasks, layout, seed, obs_dim, action_dim, episodic)
         return self._build(
@@ -111,7 +111,7 @@ class CheckpointCache:
 
     def adapter(self, size: int, *, seed: int = 0, obs_dim: int = 6, action_dim: int = 2,
                 cache: bool = True) -> Checkpoint:
-        from converters import tdmpc2_torch as T
+        from wmel_jax.converters import tdmpc2_torch as T
 
         if action_dim == 1:
             actions = dict(action_levels=[-1.0, -0.5, 0.0, 0.5, 1.0])

@@ -16,9 +16,9 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import bench as B
-from benchmarks import batched as BT
-from benchmarks import reference as R
+from wmel_jax.benchmarks import bench as B
+from wmel_jax.benchmarks import batched as BT
+from wmel_jax.benchmarks import reference as R
 from conftest import EVAL_CHUNK, EVAL_K, EVAL_N
 
 TASKS = {"cartpole-swingup": (5, 1), "reacher-easy": (6, 2), "acrobot-swingup": (6, 1)}

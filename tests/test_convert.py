@@ -19,9 +19,9 @@ import pytest
 import torch
 
 import wmel_jax
-from converters import tdmpc2_torch as T
-from converters.convert import convert_checkpoint
-from converters.tasks import KNOWN_TASK_DIMS, UPSTREAM_TASK_SETS
+from wmel_jax.converters import tdmpc2_torch as T
+from wmel_jax.converters.convert import convert_checkpoint
+from wmel_jax.converters.tasks import KNOWN_TASK_DIMS, UPSTREAM_TASK_SETS
 from wmel_jax import cli
 from wmel_jax.errors import WmelError
 
@@ -223,7 +223,7 @@ def test_unreadable_file(tmp_path, capsys, checkpoints, monkeypatch):
         # same code path from the CLI down.
         import builtins
 
-        import converters.convert as convert_module
+        import wmel_jax.converters.convert as convert_module
 
         def refuse(path, *args, **kwargs):
             if Path(path) == src:

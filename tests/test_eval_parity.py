@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import wmel_jax
-from benchmarks.reference import run_reference
-from converters import tdmpc2_torch as T
+from wmel_jax.benchmarks.reference import run_reference
+from wmel_jax.converters import tdmpc2_torch as T
 from conftest import EVAL_CHUNK, EVAL_K, EVAL_N
-from converters.convert import convert_checkpoint
+from wmel_jax.converters.convert import convert_checkpoint
 from wmel_jax import evaluate
 from wmel_jax.demo import EXAMPLES_DIR
 

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import wmel_jax
-from benchmarks.reference import (
+from wmel_jax.benchmarks.reference import (
     dm_control_oracle_with_reward,
     load_adapter,
     reference_latent_metrics,
@@ -34,9 +34,9 @@ from benchmarks.reference import (
     upstream_callables,
 )
 from conftest import EVAL_CHUNK, EVAL_K, EVAL_N, assert_eval_user_error, eval_cli, small_eval_args
-from converters import tdmpc2_torch as T
-from converters.convert import convert_checkpoint
-from converters.tasks import KNOWN_TASK_DIMS, upstream_task_names
+from wmel_jax.converters import tdmpc2_torch as T
+from wmel_jax.converters.convert import convert_checkpoint
+from wmel_jax.converters.tasks import KNOWN_TASK_DIMS, upstream_task_names
 from wmel_jax import evaluate
 from wmel_jax.demo import EXAMPLES_DIR
 

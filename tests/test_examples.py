@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import wmel_jax
-from benchmarks import reference as R
+from wmel_jax.benchmarks import reference as R
 
 EXAMPLES = Path(wmel_jax.__file__).resolve().parent / "examples"
 MANIFEST = json.loads((EXAMPLES / "manifest.json").read_text())

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau
 
-from benchmarks import reference
+from wmel_jax.benchmarks import reference
 from wmel_jax import metrics
 
 # Kernel vs plain-Python reference, float64 throughout (the kernels and the

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import reference as R
-from converters import tdmpc2_torch as T
+from wmel_jax.benchmarks import reference as R
+from wmel_jax.converters import tdmpc2_torch as T
 
 TASKS = list(R.TASKS)
 

@@ -56,7 +56,7 @@ def _resolve(entry: dict[str, Any], examples_dir: Path, workdir: Path, say: Call
             f"the shipped conversion of {entry['pt']} is missing or stale and torch is not installed to "
             "convert it: pip install 'wmel-jax[convert]'"
         )
-    from converters.convert import convert_checkpoint
+    from wmel_jax.converters.convert import convert_checkpoint
 
     say(f"converting {entry['pt']} (its shipped conversion is missing or stale)")
     return convert_checkpoint(examples_dir / entry["pt"], workdir / entry["converted"])

@@ -109,7 +109,7 @@ def load_model_file(path: str, workdir: Path, say: Callable[[str], None]):
                 f"{path!r} is a torch checkpoint and torch is not installed: convert it where torch is "
                 "(`pip install 'wmel-jax[convert]'; wmel-jax convert`) or install the convert extra"
             )
-        from converters.convert import convert_checkpoint
+        from wmel_jax.converters.convert import convert_checkpoint
 
         dst = workdir / f"{len(list(workdir.iterdir()))}-{p.stem}.safetensors"
         say(f"converting torch checkpoint {path} on the fly (run `wmel-jax convert` once to skip this)")

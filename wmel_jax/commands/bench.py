@@ -40,11 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from wmel_jax.errors import WmelError
 
-    missing = [name for name in ("torch", "benchmarks", "dm_control") if importlib.util.find_spec(name) is None]
+    missing = [name for name in ("torch", "wmel_jax.benchmarks", "dm_control") if importlib.util.find_spec(name) is None]
     if missing:
         raise WmelError(f"wmel-jax bench needs {', '.join(missing)} (the reference path and the batched torch arm): "
                         f"{INSTALL_HINT} from a checkout of the repository")
-    from benchmarks import bench
+    from wmel_jax.benchmarks import bench
     # The command line as typed, when this process is the CLI (not a caller of cli.main).
     command = "wmel-jax " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "wmel-jax bench"
     return bench.run_from_args(args, command)

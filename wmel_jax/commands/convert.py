@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from converters.convert import convert
+    from wmel_jax.converters.convert import convert
 
     src = Path(args.src)
     dst = Path(args.output) if args.output else src.with_suffix(".safetensors")

@@ -2,7 +2,7 @@
 
 Usage, from the repository root (CPU; a few minutes on 2 cores)::
 
-    PYTHONPATH=$PWD python -m wmel_jax.examples.train_examples [--tasks T ...] [--out DIR]
+    python -m wmel_jax.examples.train_examples [--tasks T ...] [--out DIR]
 
 For each task (cartpole-swingup, reacher-easy, acrobot-swingup) this trains one
 small TD-MPC2-architecture world model in the adapter schema, in the 1M layout
@@ -80,10 +80,10 @@ os.environ.setdefault("MUJOCO_GL", "disable")  # before dm_control is imported
 import numpy as np
 import torch
 
-from benchmarks import reference as R
-from converters.convert import convert_checkpoint
-from converters.tdmpc2_torch import AdapterWorldModel, adapter_arch, save_adapter
-from converters.tasks import KNOWN_TASK_DIMS
+from wmel_jax.benchmarks import reference as R
+from wmel_jax.converters.convert import convert_checkpoint
+from wmel_jax.converters.tdmpc2_torch import AdapterWorldModel, adapter_arch, save_adapter
+from wmel_jax.converters.tasks import KNOWN_TASK_DIMS
 
 EXAMPLES_DIR = Path(__file__).resolve().parent
 MANIFEST_NAME = "manifest.json"
