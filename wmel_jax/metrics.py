@@ -37,6 +37,8 @@ __all__ = [
     "one_step_l2_sum",
     "kstep_l2_curve",
     "kstep_l2_curve_sum",
+    "one_step_distance_sum",
+    "kstep_distance_curve_sum",
     "kendall_tau_b",
     "action_ranking_agreement",
     "combine_sums",
@@ -134,6 +136,33 @@ def kstep_l2_curve(pred_traj: ArrayLike, true_traj: ArrayLike) -> Array:
     if dist.ndim != 2:
         raise ValueError(f"kstep_l2_curve expects (k, N, obs_dim) inputs, got {jnp.shape(pred_traj)}")
     return jnp.mean(dist, axis=1)
+
+
+def one_step_distance_sum(dist: ArrayLike, valid: ArrayLike | None = None) -> SumCount:
+    """A one-step error as a sum from precomputed distances: dist (N, A); valid (N,) bool or None.
+
+    For distances other than L2 (a world model's own latent distance).
+    Returns SumCount(total: () sum of dist over valid (s, a), count: () int32 number of those pairs).
+    """
+    dist = jnp.asarray(dist)
+    if dist.ndim != 2:
+        raise ValueError(f"one_step_distance_sum expects (N, A) distances, got {dist.shape}")
+    mask = _state_mask(valid, dist.shape[0])
+    total = jnp.sum(jnp.where(mask[:, None], dist, jnp.zeros((), dist.dtype)))
+    return SumCount(total, jnp.sum(mask, dtype=jnp.int32) * dist.shape[1])
+
+
+def kstep_distance_curve_sum(dist: ArrayLike, valid: ArrayLike | None = None) -> SumCount:
+    """A k-step curve as a sum from precomputed distances: dist (k, N) step-major; valid (N,) bool or None.
+
+    Returns SumCount(total: (k,) per-step sum over valid start states, count: () int32 valid start states).
+    """
+    dist = jnp.asarray(dist)
+    if dist.ndim != 2:
+        raise ValueError(f"kstep_distance_curve_sum expects (k, N) distances, got {dist.shape}")
+    mask = _state_mask(valid, dist.shape[1])
+    total = jnp.sum(jnp.where(mask[None, :], dist, jnp.zeros((), dist.dtype)), axis=1)
+    return SumCount(total, jnp.sum(mask, dtype=jnp.int32))
 
 
 def _pair_signs(v: Array, first: np.ndarray, second: np.ndarray) -> Array:
