@@ -50,6 +50,28 @@ def assert_eval_user_error(capsys, folder: Path, *argv, match: str) -> str:
     return err
 
 
+#: The reference correlate.py's cell descriptors (experiments/offline_downstream/correlate.py, DEFAULT_EXCLUDE).
+CORRELATE_DESCRIPTORS = frozenset({"epochs", "seed", "hidden", "data_size", "model_size", "env", "planner",
+                                   "model", "variant", "cell"})
+
+
+def correlate_metric_keys(cells, downstream_key: str = "gap") -> set[str]:
+    """The keys the reference's correlate.py would correlate with the gap, by its rule.
+
+    Its rule: every top-level key of a cell, except its descriptors and the
+    downstream key, whose value is a finite number (an int or float, not a
+    bool); lists, dicts, strings and None are passed over.
+    """
+    import math
+
+    exclude = CORRELATE_DESCRIPTORS | {downstream_key}
+
+    def is_number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    return {k for c in cells for k, v in c.items() if k not in exclude and is_number(v)}
+
+
 def small_eval_args(*extra) -> list[str]:
     """The suite's shared eval shape as CLI flags (compiled kernels are reused across tests), plus ``extra``."""
     return ["--n-states", str(EVAL_N), "--k-steps", str(EVAL_K), "--chunk-states", str(EVAL_CHUNK), *map(str, extra)]

@@ -23,7 +23,7 @@ from wmel_jax.pipeline import EvalOptions, run_eval
 from conftest import EVAL_CHUNK as CHUNK
 from conftest import EVAL_K as K
 from conftest import EVAL_N as N
-from conftest import assert_eval_user_error, eval_cli, small_eval_args
+from conftest import assert_eval_user_error, correlate_metric_keys, eval_cli, small_eval_args
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -76,8 +76,19 @@ def test_eval_writes_table_report_figure_and_states(tmp_path, capsys, cartpole_m
         # An adapter model has an encoder too: the latent metrics; no reward head: no reward ranking.
         assert len(cell["m2_latent_curve"]) == K and cell["m2_latent_kstep"] == cell["m2_latent_curve"][-1]
         assert cell["m1_latent_onestep"] > 0
-        assert cell["reward_rank_agreement"] is None and cell["reward_rank_states_used"] is None
+        assert cell["reward_rank_agreement"] is None and cell["counts"]["reward_rank_states_used"] is None
         assert cell["unavailable"] == {"reward_rank_agreement": "no reward head"}
+        # Every metric with its episode-bootstrap interval; counts nested (N = 150: 6 episodes of 25).
+        assert cell["counts"]["n_states"] == N and cell["counts"]["n_episodes"] == 6
+        for key in ("m1_l2_onestep", "m2_l2_kstep", "m1_latent_onestep", "m2_latent_kstep"):
+            low, high = cell[f"{key}_ci"]
+            assert low <= cell[key] <= high, key
+        assert len(cell["m2_curve_ci"]) == K and cell["m2_curve_ci"][-1] == cell["m2_l2_kstep_ci"]
+        assert cell["reward_rank_agreement_ci"] is None
+        # The reference's correlate.py takes every top-level finite number but the gap and its
+        # descriptors for a metric: read this way, a cell holds metrics only.
+        assert correlate_metric_keys(doc["cells"]) <= set(evaluate.METRIC_SPACES)
+    assert doc["config"]["n_episodes"] == 6 and doc["config"]["interval"]["unit"] == "episode"
     assert doc["metric_spaces"]["m1_latent_onestep"] == "latent"
     assert doc["metric_spaces"]["m3_action_agreement"] == "observation"
     assert doc["metric_spaces"]["reward_rank_agreement"] == "reward"
@@ -106,7 +117,7 @@ def test_padded_oracle_chunks_give_the_same_targets(cartpole_models):
     problem = evaluate.make_problem("cartpole-swingup", n_states=N, k_steps=K)
     padded = evaluate.oracle_targets(problem, CHUNK)  # N states: the last chunk padded
     more = np.concatenate([problem.states, problem.states[: 2 * CHUNK - N][::-1]])
-    full = evaluate.oracle_targets(dataclasses.replace(problem, states=more), CHUNK)  # two full chunks
+    full = evaluate.oracle_targets(dataclasses.replace(problem, states=more, episode_ids=None), CHUNK)  # two full chunks
     np.testing.assert_array_equal(padded.next_obs, full.next_obs[:N])
     np.testing.assert_array_equal(padded.scores, full.scores[:N])
     np.testing.assert_array_equal(padded.trajectory, full.trajectory[:, :N])
@@ -159,7 +170,9 @@ def test_one_bad_model_among_several_is_skipped(tmp_path, capsys, cartpole_model
     report = tmp_path / "r.json"
     code, out, err = eval_cli(cartpole_models[0], reacher_model, upstream_model, tmp_path / "missing.safetensors",
                            *small_eval_args("-o", report), capsys=capsys)
-    assert code == 0, err
+    # The report is written, but the exit status says a model was skipped (scripts notice).
+    assert code == 1, err
+    assert "3 model(s) skipped" in err and "--allow-skips" in err
     doc = json.loads(report.read_text())
     assert [c["model"] for c in doc["cells"]] == [cartpole_models[0]]
     reasons = {s["model"]: s["reason"] for s in doc["skipped"]}
@@ -228,12 +241,13 @@ def test_model_without_decoder_is_evaluated_in_latent_space(tmp_path, capsys, up
     assert doc["config"]["action_set"] == [[-1.0], [-0.5], [0.0], [0.5], [1.0]]  # the task's default set
     assert "default set" in doc["config"]["action_set_source"]
     (cell,) = doc["cells"]
-    for key in ("m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement", "m3_states_used"):
-        assert cell[key] is None, key
+    for key in ("m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement"):
+        assert cell[key] is None and cell[f"{key}_ci"] is None, key
+    assert cell["counts"]["m3_states_used"] is None
     assert set(cell["unavailable"]) == {"m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement"}
     assert "no observation decoder" in cell["unavailable"]["m1_l2_onestep"]
     assert cell["m1_latent_onestep"] > 0 and len(cell["m2_latent_curve"]) == K
-    assert -1 <= cell["reward_rank_agreement"] <= 1 and 0 < cell["reward_rank_states_used"] <= N
+    assert -1 <= cell["reward_rank_agreement"] <= 1 and 0 < cell["counts"]["reward_rank_states_used"] <= N
     assert "M1 one-step L2" not in out.splitlines()[2]  # no column nobody has ...
     assert "not available: M1 one-step L2, M2 k-step L2, M3 tau-b: no observation decoder" in out  # ... said so
     assert "latent 1-step L2" in out and "reward tau-b" in out
@@ -251,8 +265,10 @@ def test_metrics_option_computes_only_the_asked_spaces(tmp_path, capsys, cartpol
     full = run_eval(EvalOptions([cartpole_models[0]], n_states=N, k_steps=K, chunk_states=CHUNK))
     assert full["config"]["metric_spaces_requested"] == ["observation", "latent", "reward"]
     (full_cell,) = full["cells"]
-    for key in ("m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement", "m3_states_used"):
+    for key in ("m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement", "counts"):
         assert cell[key] == full_cell[key], key
+        if key != "counts":
+            assert cell[f"{key}_ci"] == full_cell[f"{key}_ci"], key  # the same resamples
     for key in ("m1_latent_onestep", "m2_latent_kstep", "m2_latent_curve"):
         assert cell[key] is None and full_cell[key] is not None, key
         assert cell["unavailable"][key] == "not requested (metric spaces asked for: observation)"
@@ -313,7 +329,7 @@ def test_downstream_for_another_task(tmp_path, capsys, cartpole_models):
 
 @pytest.mark.parametrize("flag", ["-o", "--figure", "--save-states"])
 def test_unwritable_output_path(tmp_path, capsys, cartpole_models, flag):
-    assert_eval_user_error(capsys, tmp_path, cartpole_models[0], flag, tmp_path / "no" / "such" / "dir" / "x", *small_eval_args(),
+    assert_eval_user_error(capsys, tmp_path, cartpole_models[0], flag, tmp_path / "no" / "such" / "dir" / "x.png", *small_eval_args(),
                        match="does not exist")
 
 

@@ -77,14 +77,16 @@ def paired_report(tmp_path):
 def test_report_fields_and_json_round_trip(paired_report, tmp_path):
     r = paired_report
     assert list(r) == ["schema_version", "wmel_jax_version", "generated_at", "config", "cells",
-                       "within_env_correlation", "pooled_m3_correlation", "skipped", "timings"]
+                       "precision_warnings", "within_env_correlation", "pooled_m3_correlation",
+                       "pairing_warnings", "skipped", "timings"]
     assert r["wmel_jax_version"] == wmel_jax.__version__
     assert r["generated_at"] == "2026-06-02T06:41:24+00:00"
     assert list(r["config"]) == list(rp.CONFIG_KEYS)
     assert r["config"]["action_set"] == [[-1.0], [-0.5], [0.0], [0.5], [1.0]]
     cell = r["cells"][0]
-    assert list(cell)[:7] == ["model", "env", "m1_l2_onestep", "m2_l2_kstep", "m2_curve",
-                              "m3_action_agreement", "m3_states_used"]
+    assert list(cell)[:6] == ["model", "env", "m1_l2_onestep", "m2_l2_kstep", "m2_curve",
+                              "m3_action_agreement"]
+    assert cell["counts"] == {"m3_states_used": 140}  # counts nested, not beside the metrics
     assert cell["env"] == "cartpole-swingup"
     assert cell["m1_latent_onestep"] == 0.4  # extra metric fields pass through
     # Pairing, in the reference bundle's layout.
@@ -110,7 +112,8 @@ def test_values_rounded_to_6_decimals_only_in_the_report():
     r = rp.build_report(CONFIG, cells, timings={"run_s": 1.0000004})
     assert r["cells"][0]["m1_l2_onestep"] == 0.123457
     assert r["cells"][0]["m3_action_agreement"] == 0.123457
-    assert r["cells"][0]["m3_states_used"] == 7 and isinstance(r["cells"][0]["m3_states_used"], int)
+    used = r["cells"][0]["counts"]["m3_states_used"]
+    assert used == 7 and isinstance(used, int)
     assert r["timings"]["run_s"] == 1.0
 
 
@@ -170,8 +173,9 @@ def test_table_lists_each_model_skipped_and_correlations(paired_report):
     for key in ("m1_l2_onestep", "m2_l2_kstep", "m3_action_agreement", "m1_latent_onestep"):
         assert key in table
     assert "n/a (0/150)" in table  # the undefined M3
-    assert "0.010000" in table  # M1 of the first cell
-    assert "compile_s 1.235" in table
+    assert " 0.01 " in table  # M1 of the first cell (no interval: four significant digits)
+    assert "compile_s" not in table  # timings only when asked
+    assert "compile_s 1.235" in rp.format_table(paired_report, timings=True)
 
 
 def _decoderless(m_latent, rank, used):
@@ -195,7 +199,7 @@ def test_table_and_report_for_models_without_a_decoder():
     # Nobody has the observation-space metrics: their columns are dropped, and the table says why.
     assert "M1 one-step L2" not in header and "latent 1-step L2" in header and "reward tau-b" in header
     assert "not available: M1 one-step L2, M2 k-step L2, M3 tau-b: no observation decoder" in table
-    assert "+0.400 (140/150)" in table and "0.250000" in table
+    assert "+0.4 (140/150)" in table and "0.25" in table
     assert "spaces: latent: latent 1-step L2; reward: reward tau-b" in table  # of the columns shown
     # Beside a model that has them: a "-" in its row instead.
     adapter = rp.make_cell("adapter.safetensors", _metrics(0.01, 0.5, m1_latent_onestep=0.3,

@@ -27,11 +27,13 @@ from wmel_jax.evaluate import (
     DEFAULT_K_STEPS,
     DEFAULT_N_STATES,
     check_model_fits,
+    interval_config,
     make_problem,
     model_metrics,
     model_spaces,
     oracle_targets,
     precompile_oracle_targets,
+    read_episode_ids,
     requested_spaces,
 )
 from wmel_jax.fileio import atomic_output, check_writable
@@ -62,6 +64,9 @@ class EvalOptions:
     #: Metric spaces to compute ("observation", "latent", "reward"; a comma-separated
     #: string or a sequence; None or "all": every space the model has).
     metrics: str | Sequence[str] | None = None
+    #: A .npy of (N,) integer labels: which rows of ``states`` belong together
+    #: (the units the metrics' intervals resample). Only with ``states``.
+    episode_ids: str | None = None
 
 
 def read_array_file(path: str | os.PathLike, what: str) -> np.ndarray:
@@ -149,6 +154,9 @@ def run_eval(
     explicit_states = read_array_file(opts.states, "states") if opts.states else None
     explicit_sequence = read_array_file(opts.action_sequence, "action sequence") if opts.action_sequence else None
     explicit_actions = read_array_file(opts.actions, "action set") if opts.actions else None
+    if opts.episode_ids and not opts.states:
+        raise WmelError("--episode-ids labels the rows of --states: give both (sampled states have their episodes)")
+    explicit_ids = read_episode_ids(opts.episode_ids) if opts.episode_ids else None
 
     single = len(opts.models) == 1
     skipped: list[dict[str, str]] = []
@@ -259,6 +267,7 @@ def run_eval(
         precision=opts.precision,
         states=explicit_states,
         action_sequence=explicit_sequence,
+        episode_ids=explicit_ids,
     )
     t_problem = time.perf_counter()
 
@@ -267,6 +276,7 @@ def run_eval(
     timings: dict[str, float] = {"load_s": t_loaded - t_start, "states_s": t_problem - t_loaded, **targets.timings}
     timings["model_compile_s"] = 0.0
     timings["model_run_s"] = 0.0
+    timings["interval_s"] = 0.0
     # States each architecture's kernel will see in this run (its compile options depend on it).
     per_arch = Counter(model.arch for _, _, model in fitting)
     for j, (i, name, model) in enumerate(fitting):
@@ -278,7 +288,8 @@ def run_eval(
         )
         timings["model_compile_s"] += t["model_compile_s"]
         timings["model_run_s"] += t["model_run_s"]
-        cells.append(make_cell(label[i], values, downstream[i], env=task))
+        timings["interval_s"] += t["interval_s"]
+        cells.append(make_cell(label[i], values, downstream[i], env=task, model_meta=model.meta))
     if progress:
         progress(len(fitting), len(fitting), "")
     timings["compile_s"] = timings["oracle_compile_s"] + timings["model_compile_s"]
@@ -302,6 +313,7 @@ def run_eval(
         "action_set_source": action_source,
         "metric_spaces_requested": list(spaces),
         "states": "file: " + str(opts.states) if opts.states else "sampled (seeded random-action rollouts)",
+        **interval_config(problem, episode_file=opts.episode_ids),
     }
     from wmel_jax.evaluate import METRIC_SPACES
 

@@ -30,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "upstream checkpoints have none)")
     parser.add_argument("--save-states", metavar="F.npy", help="write the evaluated states, to rerun exactly with --states")
     parser.add_argument(
+        "--episode-ids", metavar="F.npy",
+        help="with --states: (N,) integer labels saying which states belong together (e.g. one rollout); the "
+        "metrics' intervals resample these groups whole (default: each state on its own; sampled states: "
+        "their rollout episodes of 25)",
+    )
+    parser.add_argument(
         "--downstream", nargs="+", metavar="F.json",
         help="one reference CPG JSON per model, in the same order: adds the gap and its correlation with each metric",
     )
@@ -40,13 +46,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: every one the model has); the kernel does only the asked-for spaces' network work",
     )
     parser.add_argument("-o", "--output", metavar="report.json", help="write the JSON report here")
-    parser.add_argument("--figure", metavar="F.png", help="draw M2 curves and M1/M3 bars here")
+    parser.add_argument("--figure", metavar="F.png",
+                        help="draw the metrics with their intervals here (.png, .pdf or .svg, by the extension)")
+    parser.add_argument("--allow-skips", action="store_true",
+                        help="exit 0 even when some models were skipped (default: 1, after writing the report)")
     _common.add_runtime_arguments(parser)
+    _common.add_output_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from wmel_jax.commands import _common
 
+    if args.figure:
+        from wmel_jax.figure import figure_format
+
+        figure_format(args.figure)  # an unknown extension is refused before anything runs
     _common.configure_runtime(args)
     from wmel_jax.pipeline import EvalOptions, run_eval
     from wmel_jax.report import format_table
@@ -67,10 +81,15 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         chunk_states=args.chunk_states,
         metrics=args.metrics,
+        episode_ids=args.episode_ids,
     )
-    report = run_eval(opts, progress=_common.progress_bar())
-    sys.stdout.write(format_table(report))
+    report = run_eval(opts, progress=_common.progress_bar(quiet=args.quiet))
+    sys.stdout.write(format_table(report, timings=args.timings))
     for what, path in (("report", args.output), ("figure", args.figure), ("states", args.save_states)):
         if path:
             print(f"wrote {what}: {path}")
+    if report.get("skipped") and not args.allow_skips:
+        n = len(report["skipped"])
+        print(f"wmel-jax: {n} model(s) skipped (listed above); exit status 1 (--allow-skips: 0)", file=sys.stderr)
+        return 1
     return 0
