@@ -168,8 +168,9 @@ def test_model_kernel_compiles_once_per_architecture(cartpole_models):
 
 def test_one_bad_model_among_several_is_skipped(tmp_path, capsys, cartpole_models, reacher_model, upstream_model):
     report = tmp_path / "r.json"
+    # --env: one task for all (without it, each model would be judged on its own task).
     code, out, err = eval_cli(cartpole_models[0], reacher_model, upstream_model, tmp_path / "missing.safetensors",
-                           *small_eval_args("-o", report), capsys=capsys)
+                           "--env", "cartpole-swingup", *small_eval_args("-o", report), capsys=capsys)
     # The report is written, but the exit status says a model was skipped (scripts notice).
     assert code == 1, err
     assert "3 model(s) skipped" in err and "--allow-skips" in err

@@ -198,12 +198,14 @@ def meta_mismatches(meta: Mapping[str, Any] | None, downstream: Downstream) -> d
 
 
 def pair_downstream(
-    models: Sequence[str], downstream_paths: Sequence[str | os.PathLike] | None, task: str
+    models: Sequence[str], downstream_paths: Sequence[str | os.PathLike] | None, task: str | Sequence[str | None]
 ) -> list[Downstream | None]:
     """The downstream result for each model (None for all when none are given).
 
-    ``downstream_paths`` are one per model, in the models' order. Raises
-    WmelError on a count mismatch or a file whose environment is not ``task``.
+    ``downstream_paths`` are one per model, in the models' order. ``task``:
+    the task evaluated, or one per model (a run over several tasks; None: not
+    checked, a model that is skipped anyway). Raises WmelError on a count
+    mismatch or a file whose environment is not its model's task.
     Every file is read and checked before any model is evaluated. Each
     result records the sha256 of its model file (None when it cannot be read:
     the model is then skipped with its own error).
@@ -216,13 +218,13 @@ def pair_downstream(
             f"file(s) for {len(models)} model(s)"
         )
     paired = []
-    want = normalize_task(task)
-    for model, path in zip(models, downstream_paths):
+    tasks = [task] * len(models) if isinstance(task, str) else list(task)
+    for model, path, model_task in zip(models, downstream_paths, tasks, strict=True):
         d = read_downstream(path)
-        if d.task != want:
+        if model_task is not None and d.task != normalize_task(model_task):
             raise WmelError(
                 f"downstream file {d.path!r} (for {model!r}) is for environment {d.environment!r}, "
-                f"but the task evaluated is {task!r}"
+                f"but the task evaluated is {model_task!r}"
             )
         paired.append(dataclasses.replace(d, model_sha256=file_sha256(model)))
     return paired

@@ -119,9 +119,21 @@ def plot_reports(reports: Sequence[Mapping[str, Any]], path: str | os.PathLike) 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from wmel_jax.report import group_views
+
     fmt = figure_format(path)
     if not reports:
         raise ValueError("plot_reports needs at least one report")
+    # A report of several groups (models of several tasks) draws a block per group, each
+    # with the correlations of its task (drawn once, with the task's first group).
+    views = []
+    for report in reports:
+        within = dict(report.get("within_env_correlation") or {})
+        for view in group_views(report):
+            task = (view.get("config") or {}).get("env")
+            mine = {task: within.pop(task)} if task in within else {}
+            views.append({**view, "within_env_correlation": mine})
+    reports = views
     layouts = [_rows_of(r) for r in reports]
     heights = [len(rows) * (3.6 + 0.22 * max(len(r.get("cells", [])), 1)) + 0.6 for r, rows in zip(reports, layouts)]
     fig = Figure(figsize=(15, sum(heights)), layout="constrained")

@@ -6,6 +6,8 @@ produced, so other commands (``wmel-jax cpg``) reuse the ones they need::
     check_labels, Inputs.read      the options and the user's array files, checked before any work
     load_models     -> [LoadedModel]   converted files (a torch .pt converted on the fly when torch is installed)
     resolve_task    -> task            --env, else the task recorded at conversion
+    group_models    -> [(task, models)] without --env: each model on its own task, grouped by
+                                       (task, frame skip, action set); per group:
     select_models   -> Selection       the models judged together: fit the task, meet the command's
                                        requirement, share a frame skip and an action set
     build_problem   -> Problem         the seeded states (or the given ones) and M2's actions
@@ -58,6 +60,7 @@ __all__ = [
     "load_models",
     "resolve_task",
     "select_models",
+    "group_models",
     "build_problem",
     "score_models",
     "run_config",
@@ -347,6 +350,44 @@ def select_models(
     return Selection(task, frame_skip, actions, action_source, tuple(kept))
 
 
+def group_models(
+    loaded: Sequence[LoadedModel], task: str, *, env_given: bool, inputs: Inputs = Inputs()
+) -> list[tuple[str, list[LoadedModel]]]:
+    """The groups of models a run evaluates, each on its own problem: [(task, models)].
+
+    With ``--env`` one group: every model on that task (:func:`select_models`
+    skips those that do not fit). Without, each model on its own recorded
+    task (``task``, the first recorded one, for a model with none), grouped
+    by (task, frame skip, action set), since the oracle's answers depend on
+    them: each group gets them once. A model without an action set (an
+    upstream checkpoint: judged on a discrete set) joins the first group of
+    its task and frame skip, or makes its own. Groups in order of their
+    first model.
+    """
+    if env_given:
+        return [(task, list(loaded))]
+    groups: dict[tuple, list[LoadedModel]] = {}
+
+    def base(m: LoadedModel) -> tuple:
+        return (m.model.task or task, m.model.frame_skip)
+
+    for m in loaded:
+        if inputs.actions is not None:
+            key = (*base(m), None)
+        elif m.model.action_set is not None:
+            a = np.asarray(m.model.action_set, np.float64)
+            key = (*base(m), (a.shape, a.tobytes()))
+        else:
+            continue
+        groups.setdefault(key, []).append(m)
+    for m in loaded:
+        if inputs.actions is None and m.model.action_set is None:
+            key = next((k for k in groups if k[:2] == base(m)), (*base(m), None))
+            groups.setdefault(key, []).append(m)
+    ordered = sorted(groups.items(), key=lambda kv: min(m.index for m in kv[1]))
+    return [(key[0], sorted(members, key=lambda m: m.index)) for key, members in ordered]
+
+
 def build_problem(
     selection: Selection,
     inputs: Inputs,
@@ -464,15 +505,17 @@ def run_eval(
     """Evaluate every model in ``opts.models``; returns the report dict (also written when asked).
 
     The stages, in order: check the options and outputs, read the input
-    files, load the models, settle the task, pair the downstream files,
-    select the models that can be judged together, build the problem, score
-    every model against the oracle's answers (computed once), assemble the
-    report, write the outputs.
+    files, load the models, settle the task, group the models (without
+    ``--env``, each on its own recorded task: one group per task, frame skip
+    and action set), pair the downstream files, and per group: select the
+    models that can be judged together, build the problem, score every model
+    against the oracle's answers (computed once per group); then assemble the
+    report (one block per group) and write the outputs.
     """
     from wmel_jax import kernel_cache
     from wmel_jax.downstream import pair_downstream
     from wmel_jax.evaluate import METRIC_SPACES
-    from wmel_jax.report import build_report
+    from wmel_jax.report import build_group_report
 
     say = say or (lambda msg: print(msg, file=sys.stderr))
     t_start = time.perf_counter()
@@ -494,21 +537,52 @@ def run_eval(
     loaded = load_models(opts.models, labels, skips, say)
     t_loaded = time.perf_counter()
     task = resolve_task(opts.env, loaded)
-    downstream = pair_downstream(list(opts.models), opts.downstream, task)
-    selection = select_models(
-        loaded, task, skips, env_given=opts.env is not None,
-        requirement=lambda model: model_spaces(model.arch, spaces), inputs=inputs,
-    )
-    problem = build_problem(
-        selection, inputs, n_states=opts.n_states, k_steps=opts.k_steps, seed=opts.seed,
-        precision=opts.precision, chunk_states=opts.chunk_states,
-    )
-    t_problem = time.perf_counter()
-    cells, run_timings = score_models(
-        problem, selection, downstream, spaces=spaces, chunk_states=opts.chunk_states, progress=progress,
+    grouped = group_models(loaded, task, env_given=opts.env is not None, inputs=inputs)
+    if len(grouped) > 1:
+        given = [flag for flag, value in (("--states", opts.states), ("--action-sequence", opts.action_sequence),
+                                          ("--save-states", opts.save_states)) if value]
+        if given:
+            tasks = ", ".join(dict.fromkeys(t for t, _ in grouped))
+            raise WmelError(
+                f"{' and '.join(given)} belong to one problem, but these models need {len(grouped)} "
+                f"(tasks {tasks}, by task, frame skip and action set): pass --env TASK, or evaluate them separately"
+            )
+    model_task = {m.index: t for t, members in grouped for m in members}
+    fallback = task if len(grouped) == 1 else None
+    downstream = pair_downstream(
+        list(opts.models), opts.downstream, [model_task.get(i, fallback) for i in range(len(opts.models))]
     )
 
-    timings: dict[str, float] = {"load_s": t_loaded - t_start, "states_s": t_problem - t_loaded, **run_timings}
+    groups: list[tuple[dict, list]] = []
+    problem = None
+    timings: dict[str, float] = {"load_s": t_loaded - t_start, "states_s": 0.0}
+    for group_task, members in grouped:
+        try:
+            selection = select_models(
+                members, group_task, skips, env_given=opts.env is not None,
+                requirement=lambda model: model_spaces(model.arch, spaces), inputs=inputs,
+            )
+        except WmelError:
+            if len(grouped) == 1:
+                raise
+            continue  # every model of this group was skipped (with its reason); the other groups run
+        t0 = time.perf_counter()
+        problem = build_problem(
+            selection, inputs, n_states=opts.n_states, k_steps=opts.k_steps, seed=opts.seed,
+            precision=opts.precision, chunk_states=opts.chunk_states,
+        )
+        timings["states_s"] += time.perf_counter() - t0
+        cells, run_timings = score_models(
+            problem, selection, downstream, spaces=spaces, chunk_states=opts.chunk_states, progress=progress,
+        )
+        for name, value in run_timings.items():
+            timings[name] = timings.get(name, 0.0) + value
+        config = run_config(problem, selection, seed=opts.seed, spaces=spaces, states_path=opts.states,
+                            episode_ids_path=opts.episode_ids)
+        groups.append((config, cells))
+    if not groups:
+        raise skips.none_left()
+
     timings["compile_s"] = timings["oracle_compile_s"] + timings["model_compile_s"]
     timings["run_s"] = timings["oracle_run_s"] + timings["model_run_s"]
     # Where compile_s went, summed over threads: tracing and lowering kernels
@@ -518,8 +592,6 @@ def run_eval(
         timings[name] = cache_after.get(name, 0.0) - cache_before.get(name, 0.0)
     timings["total_s"] = time.perf_counter() - t_start
 
-    config = run_config(problem, selection, seed=opts.seed, spaces=spaces, states_path=opts.states,
-                        episode_ids_path=opts.episode_ids)
-    report = build_report(config, cells, skips.items, timings, metric_spaces=METRIC_SPACES)
+    report = build_group_report(groups, skips.items, timings, metric_spaces=METRIC_SPACES)
     write_outputs(report, problem, opts)
     return report

@@ -63,6 +63,8 @@ __all__ = [
     "CONFIG_KEYS",
     "make_cell",
     "build_report",
+    "build_group_report",
+    "group_views",
     "write_report",
     "format_table",
 ]
@@ -199,22 +201,65 @@ def build_report(
     generated_at: _dt.datetime | None = None,
     metric_spaces: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The report dict, JSON-ready: plain Python values, floats rounded, undefined as None.
+    """The report dict of one group of models (one task, one state batch), JSON-ready.
 
-    config: the CONFIG_KEYS fields (more are kept after them). cells: from
+    Plain Python values, floats rounded, undefined as None. config: the
+    CONFIG_KEYS fields (more are kept after them). cells: from
     :func:`make_cell`; a cell without ``env`` gets ``config["env"]``.
     skipped: [{model, reason}]. timings: seconds by name (compile_s, run_s...).
     metric_spaces: {metric: space} (where each metric lives), written after
     ``config`` when given.
     Correlations with the gap (``within_env_correlation``, and
     ``pooled_m3_correlation`` when paired cells span several tasks) are
-    computed from the unrounded values.
+    computed from the unrounded values. Several groups (models of several
+    tasks): :func:`build_group_report`.
     """
-    missing = [k for k in CONFIG_KEYS if k not in config]
-    if missing:
-        raise ValueError(f"report config lacks {missing}")
-    plain_config = _plain({**{k: config[k] for k in CONFIG_KEYS}, **config})
-    plain_cells = [_ordered_cell(_plain({"env": config["env"], **cell})) for cell in cells]
+    return _assemble(
+        [(config, cells)], skipped, timings, n_resamples=n_resamples, bootstrap_seed=bootstrap_seed,
+        confidence=confidence, generated_at=generated_at, metric_spaces=metric_spaces,
+    )
+
+
+def build_group_report(
+    groups: Sequence[tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]],
+    skipped: Iterable[Mapping[str, Any]] = (),
+    timings: Mapping[str, float] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """The report of a run over several groups of models (one per task, frame skip and action set).
+
+    groups: [(config, cells)], each as :func:`build_report` takes them. One
+    group gives exactly :func:`build_report`'s report. Several: no top-level
+    ``config``; ``groups`` [{config, cells (indices into ``cells``)}] instead,
+    every group's cells in one ``cells`` list (each with its ``env``), precision
+    warnings per group (each with its ``group``), the correlations over all
+    paired cells (within each task; M3 pooled across tasks).
+    """
+    return _assemble(groups, skipped, timings, **kwargs)
+
+
+def _assemble(
+    groups: Sequence[tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]],
+    skipped: Iterable[Mapping[str, Any]],
+    timings: Mapping[str, float] | None,
+    *,
+    n_resamples: int = 10_000,
+    bootstrap_seed: int = 0,
+    confidence: float = 0.95,
+    generated_at: _dt.datetime | None = None,
+    metric_spaces: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    if not groups:
+        raise ValueError("a report needs at least one group of models")
+    plain_configs, plain_cells, members = [], [], []
+    for config, cells in groups:
+        missing = [k for k in CONFIG_KEYS if k not in config]
+        if missing:
+            raise ValueError(f"report config lacks {missing}")
+        plain_configs.append(_plain({**{k: config[k] for k in CONFIG_KEYS}, **config}))
+        first = len(plain_cells)
+        plain_cells += [_ordered_cell(_plain({"env": config["env"], **cell})) for cell in cells]
+        members.append(list(range(first, len(plain_cells))))
     for cell in plain_cells:
         if "model" not in cell:
             raise ValueError("every cell needs a model")
@@ -228,21 +273,26 @@ def build_report(
             result["bootstrap_seed"] = bootstrap_seed
     if pooled is not None:
         pooled["correlation"]["bootstrap_seed"] = bootstrap_seed
-    # Precision is judged within a task: the spread is between models on the same states.
+    # Precision is judged within a group: the spread is between models on the same states.
+    several = len(groups) > 1
     precision = [
-        {"env": env, **warning}
-        for env, group in _by_env(plain_cells).items()
-        for warning in precision_warnings(group)
+        {"env": plain_configs[g]["env"], **({"group": g} if several else {}), **warning}
+        for g, indices in enumerate(members)
+        for warning in precision_warnings([plain_cells[i] for i in indices])
     ]
 
     from wmel_jax import __version__
 
     when = generated_at or _dt.datetime.now(_dt.timezone.utc)
+    where = (
+        {"groups": [{"config": c, "cells": m} for c, m in zip(plain_configs, members)]}
+        if several else {"config": plain_configs[0]}
+    )
     report = {
         "schema_version": SCHEMA_VERSION,
         "wmel_jax_version": __version__,
         "generated_at": when.astimezone(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "config": plain_config,
+        **where,
         **({"metric_spaces": _plain(dict(metric_spaces))} if metric_spaces is not None else {}),
         "cells": plain_cells,
         "precision_warnings": precision,
@@ -253,6 +303,27 @@ def build_report(
         "timings": _plain(dict(timings or {})),
     }
     return _rounded(_plain(report))
+
+
+def group_views(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One single-group report view per group of a report ({config, metric_spaces, cells, precision_warnings}).
+
+    A report of one group gives itself; one of several groups gives each
+    group's config with its own cells and precision warnings (the table
+    prints a block for each, the figure a row of panels).
+    """
+    if "groups" not in report:
+        return [dict(report)]
+    cells = report.get("cells", [])
+    views = []
+    for g, group in enumerate(report["groups"]):
+        views.append({
+            "config": group["config"],
+            "metric_spaces": report.get("metric_spaces"),
+            "cells": [cells[i] for i in group["cells"]],
+            "precision_warnings": [w for w in report.get("precision_warnings", []) if w.get("group") == g],
+        })
+    return views
 
 
 def write_report(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
@@ -391,8 +462,20 @@ def _precision_lines(warnings_: Sequence[Mapping[str, Any]]) -> list[str]:
 def format_table(report: Mapping[str, Any], *, timings: bool = False) -> str:
     """A readable summary of a report for stdout: one row per cell with intervals, warnings, correlations.
 
+    One block per group of models (per task): its states, its table, its
+    intervals' description and its precision warnings; then the skipped
+    models, the pairing warnings and the correlations with the gap.
     ``timings``: add the timings line (``--timings``).
     """
+    lines: list[str] = []
+    for i, view in enumerate(group_views(report)):
+        lines += ([""] if i else []) + _block_lines(view)
+    lines += _shared_lines(report, timings)
+    return "\n".join(lines) + "\n"
+
+
+def _block_lines(report: Mapping[str, Any]) -> list[str]:
+    """One group's block: header, table, notes, precision warnings."""
     cfg = report.get("config", {})
     n_states = cfg.get("n_states")
     lines = _header_lines(cfg)
@@ -450,7 +533,12 @@ def format_table(report: Mapping[str, Any], *, timings: bool = False) -> str:
         lines += ["", "no cells evaluated"]
 
     lines += _precision_lines(report.get("precision_warnings") or [])
+    return lines
 
+
+def _shared_lines(report: Mapping[str, Any], timings: bool) -> list[str]:
+    """What belongs to the whole run: skipped models, pairing warnings, correlations, timings."""
+    lines: list[str] = []
     skipped = list(report.get("skipped", []))
     if skipped:
         lines += ["", f"skipped ({len(skipped)}):"]
@@ -484,4 +572,4 @@ def format_table(report: Mapping[str, Any], *, timings: bool = False) -> str:
     times = report.get("timings") or {}
     if timings and times:
         lines += ["", "timings: " + ", ".join(f"{k} {_num(v, '.3f')}" for k, v in times.items())]
-    return "\n".join(lines) + "\n"
+    return lines

@@ -259,9 +259,11 @@ def suggested_units(sd: float, half_width: float, confidence: float = INTERVAL_C
 
 
 #: A metric's interval is called imprecise when its half-width exceeds this
-#: fraction of the spread (max - min) between the run's models on that metric
-#: (with a single model, or models that tie: of the metric's own magnitude).
-PRECISION_SPREAD_FRACTION = 0.25
+#: fraction of the spread (max - min) between the run's models on that metric:
+#: above half the spread, the intervals of the best and the worst model can
+#: overlap, so not even their order is settled (with a single model, or models
+#: that tie: of the metric's own magnitude).
+PRECISION_SPREAD_FRACTION = 0.5
 #: For tau-b metrics (M3, reward ranking; unitless, in [-1, 1]): a fixed limit.
 RANK_HALF_WIDTH_LIMIT = 0.1
 #: The tau-b metrics.
