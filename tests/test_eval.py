@@ -23,7 +23,8 @@ from wmel_jax.pipeline import EvalOptions, run_eval
 from conftest import EVAL_CHUNK as CHUNK
 from conftest import EVAL_K as K
 from conftest import EVAL_N as N
-from conftest import assert_eval_user_error, correlate_metric_keys, eval_cli, small_eval_args
+from conftest import PROGRESS_PREFIX, assert_eval_user_error, correlate_metric_keys, eval_cli, small_eval_args
+from conftest import without_progress
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -141,6 +142,8 @@ def test_model_chunking_does_not_change_the_metrics(cartpole_models, chunk):
     chunked = evaluate.model_metrics(model, problem, targets, chunk)[0]
     for key in ("m1_l2_onestep", "m2_curve", "m3_action_agreement", "m1_latent_onestep", "m2_latent_curve"):
         np.testing.assert_allclose(chunked[key], reference[key], rtol=CHUNK_RTOL, err_msg=key)
+        # Chunks of 5 cut every episode of 25 into pieces: the host adds them up, the intervals agree.
+        np.testing.assert_allclose(chunked[f"{key}_ci"], reference[f"{key}_ci"], rtol=CHUNK_RTOL, err_msg=key)
     assert chunked["m3_states_used"] == reference["m3_states_used"]
 
 
@@ -349,3 +352,102 @@ def test_non_positive_sizes_are_errors():
         evaluate.make_problem("cartpole-swingup", n_states=0)
     with pytest.raises(WmelError, match="k_steps"):
         evaluate.make_problem("cartpole-swingup", n_states=3, k_steps=0)
+
+
+# --------------------------------------------------------------------------- #
+# Exit status, progress, episode ids, figure formats, several tasks in one run
+# --------------------------------------------------------------------------- #
+
+
+def test_a_skipped_model_gives_exit_status_1_unless_allowed(tmp_path, capsys, cartpole_models):
+    report = tmp_path / "r.json"
+    missing = tmp_path / "missing.safetensors"
+    code, out, err = eval_cli(cartpole_models[0], missing, *small_eval_args("-o", report), capsys=capsys)
+    assert code == 1 and "1 model(s) skipped" in err
+    doc = json.loads(report.read_text())  # written all the same
+    assert [s["model"] for s in doc["skipped"]] == [str(missing)] and len(doc["cells"]) == 1
+    assert f"{missing}: model file" in out  # the table lists it
+    code, _, err = eval_cli(cartpole_models[0], missing, "--allow-skips", *small_eval_args(), capsys=capsys)
+    assert code == 0 and "skipped" not in without_progress(err)
+
+
+def test_progress_is_one_line_per_phase_when_stderr_is_not_a_terminal(capsys, cartpole_models):
+    code, out, err = eval_cli(*cartpole_models, *small_eval_args(), capsys=capsys)
+    assert code == 0
+    lines = [line for line in err.splitlines() if line.startswith(PROGRESS_PREFIX)]
+    text = "\n".join(lines)
+    for phase in ("loading 2 model file(s)", "cartpole-swingup: sampling 150 states",
+                  "cartpole-swingup: the oracle's answers (150 states x 5 actions", "model 1/2: ", "model 2/2: "):
+        assert phase in text, (phase, text)
+    assert all(line[len(PROGRESS_PREFIX):].split("]")[0].strip().endswith("s") for line in lines)  # time-stamped
+    assert "timings:" not in out  # only with --timings
+    code, out, err = eval_cli(*cartpole_models, "-q", "--timings", *small_eval_args(), capsys=capsys)
+    assert code == 0 and err == "" and "timings: load_s" in out
+
+
+def test_episode_ids_rerun_given_states_with_the_sampled_intervals(tmp_path, capsys, cartpole_models):
+    saved, ids = tmp_path / "states.npy", tmp_path / "ids.npy"
+    runs = {}
+    for name, extra in (("sampled", ["--save-states", saved]), ("ids", ["--states", saved, "--episode-ids", ids]),
+                        ("states", ["--states", saved])):
+        if name == "ids":
+            np.save(ids, np.arange(N) // 25)
+        report = tmp_path / f"{name}.json"
+        code, out, err = eval_cli(cartpole_models[0], *small_eval_args("-o", report, *extra), capsys=capsys)
+        assert code == 0, err
+        runs[name] = (json.loads(report.read_text()), out)
+    (sampled, _), (with_ids, _), (alone, table) = runs["sampled"], runs["ids"], runs["states"]
+    # The same states in the same episodes: the same intervals, to the bit.
+    for key in ("m1_l2_onestep_ci", "m2_curve_ci", "m3_action_agreement_ci", "m1_latent_onestep_ci"):
+        assert with_ids["cells"][0][key] == sampled["cells"][0][key], key
+    assert with_ids["config"]["n_episodes"] == 6 and with_ids["config"]["episodes"] == f"file: {ids}"
+    # Each state on its own: as many units as states, narrower intervals, and the table says what that means.
+    assert alone["config"]["n_episodes"] == N and alone["config"]["interval"]["unit"] == "state"
+    low, high = alone["cells"][0]["m1_l2_onestep_ci"]
+    s_low, s_high = sampled["cells"][0]["m1_l2_onestep_ci"]
+    assert high - low < s_high - s_low
+    assert "--episode-ids" in table
+
+
+@pytest.mark.parametrize("ids, extra, match", [
+    (np.zeros(N - 1, int), True, f"{N - 1} episode ids for {N} states"),
+    (np.full(N, 0.5), True, "not an integer"),
+    (np.zeros(N, int), False, "--episode-ids labels the rows of --states"),
+], ids=["short", "fractional", "without-states"])
+def test_bad_episode_ids(tmp_path, capsys, cartpole_models, ids, extra, match):
+    states = tmp_path / "s.npy"
+    np.save(states, evaluate.make_problem("cartpole-swingup", n_states=N, k_steps=K).states)
+    np.save(tmp_path / "ids.npy", ids)
+    given = ["--states", states] if extra else []
+    assert_eval_user_error(capsys, tmp_path, cartpole_models[0], *given, "--episode-ids", tmp_path / "ids.npy",
+                           *small_eval_args(), match=match)
+
+
+def test_figure_extension_is_checked_before_anything_runs(tmp_path, capsys, cartpole_models):
+    assert_eval_user_error(capsys, tmp_path, cartpole_models[0], "--figure", tmp_path / "f.jpg",
+                           "-o", tmp_path / "r.json", *small_eval_args(), match="give a .png, .pdf or .svg")
+    code, _, err = eval_cli(cartpole_models[0], "--figure", tmp_path / "f.pdf", *small_eval_args(), capsys=capsys)
+    assert code == 0, err
+    assert (tmp_path / "f.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def test_the_six_shipped_models_of_three_tasks_in_one_command(tmp_path, capsys):
+    from wmel_jax.demo import EXAMPLES_DIR
+
+    models = sorted(str(p) for p in EXAMPLES_DIR.glob("*.safetensors"))
+    report = tmp_path / "r.json"
+    code, out, err = eval_cli(*models, *small_eval_args("-o", report, "--figure", tmp_path / "f.png"), capsys=capsys)
+    assert code == 0, err
+    doc = json.loads(report.read_text())
+    tasks = ["acrobot-swingup", "cartpole-swingup", "reacher-easy"]
+    assert [g["config"]["env"] for g in doc["groups"]] == tasks and doc["skipped"] == []
+    for group in doc["groups"]:  # each model on its own task, its oracle answers once per group
+        assert [doc["cells"][i]["env"] for i in group["cells"]] == [group["config"]["env"]] * 2
+        assert len(group["config"]["action_set"]) == (9 if group["config"]["env"] == "reacher-easy" else 5)
+    assert [line.split(":")[0] for line in out.splitlines() if ": N=150 states in 6 episodes" in line] == tasks
+    assert (tmp_path / "f.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_several_tasks_refuse_inputs_that_belong_to_one(tmp_path, capsys, cartpole_models, reacher_model):
+    assert_eval_user_error(capsys, tmp_path, cartpole_models[0], reacher_model, "--save-states", tmp_path / "s.npy",
+                           *small_eval_args(), match="--save-states belong to one problem")

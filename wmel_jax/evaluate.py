@@ -310,7 +310,7 @@ def interval_config(problem: Problem, *, episode_file: Any = None) -> dict[str, 
         "n_episodes": e,
         "episodes": episodes,
         "interval": {
-            "method": "expanded percentile",
+            "method": "bootstrap-t and expanded percentile, hull",
             "unit": "state" if problem.episode_source == "states" else "episode",
             "n_units": e,
             "n_resamples": stats.default_resamples(e),
@@ -818,8 +818,11 @@ def summarize_episode_sums(
         low, high, _ = stats.ratio_intervals(t_all, c_all, _resampler(e, resamples, seed), confidence)
         sd = stats.episode_sd(t_all, c_all)
 
-    def interval(i: int):
-        return None if not (np.isfinite(low[i]) and np.isfinite(high[i])) else [float(low[i]), float(high[i])]
+    def interval(i: int, bounded: bool = False):
+        if not (np.isfinite(low[i]) and np.isfinite(high[i])):
+            return None
+        lo, hi = float(low[i]), float(high[i])
+        return [max(lo, -1.0), min(hi, 1.0)] if bounded else [lo, hi]  # a tau-b lives in [-1, 1]
 
     fields: dict[str, Any] = {}
     sds: dict[str, float | None] = {}
@@ -836,7 +839,7 @@ def summarize_episode_sums(
             continue
         fields[field] = value
         if end_field is None:
-            fields[f"{field}_ci"] = interval(first)
+            fields[f"{field}_ci"] = interval(first, bounded=used_field is not None)
             sds[field] = float(sd[first]) if np.isfinite(sd[first]) else None
         else:  # a curve: every step's interval; its end point is the k-step metric
             steps = [interval(first + j) for j in range(width)]

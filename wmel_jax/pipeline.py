@@ -440,9 +440,15 @@ def score_models(
 
     ``downstream``: each input model's pairing (or None), by input position.
     """
+    from wmel_jax.progress import as_progress
     from wmel_jax.report import make_cell
 
-    targets = oracle_targets(problem, chunk_states)
+    progress = as_progress(progress)
+    with progress.phase(
+        f"{problem.task}: the oracle's answers ({problem.n_states} states x {problem.actions.shape[0]} actions, "
+        f"{problem.k_steps}-step rollouts)"
+    ):
+        targets = oracle_targets(problem, chunk_states)
     timings: dict[str, float] = {**targets.timings, "model_compile_s": 0.0, "model_run_s": 0.0, "interval_s": 0.0}
     # States each architecture's kernel will see in this run (its compile options depend on it).
     per_arch = Counter(m.model.arch for m in selection.models)
@@ -500,7 +506,7 @@ def run_eval(
     opts: EvalOptions,
     *,
     say: Callable[[str], None] | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Any = None,
 ) -> dict[str, Any]:
     """Evaluate every model in ``opts.models``; returns the report dict (also written when asked).
 
@@ -511,13 +517,28 @@ def run_eval(
     models that can be judged together, build the problem, score every model
     against the oracle's answers (computed once per group); then assemble the
     report (one block per group) and write the outputs.
+
+    ``progress``: a :class:`wmel_jax.progress.Progress` (phases, the models'
+    bar, kernels compiling), or an older ``(done, total, name)`` callback
+    over the models, or None.
     """
+    from wmel_jax.progress import as_progress
+
+    say = say or (lambda msg: print(msg, file=sys.stderr))
+    progress = as_progress(progress)
+    try:
+        with progress.watch_kernels():
+            return _run_eval(opts, say, progress)
+    finally:
+        progress.close()
+
+
+def _run_eval(opts: EvalOptions, say: Callable[[str], None], progress) -> dict[str, Any]:
     from wmel_jax import kernel_cache
     from wmel_jax.downstream import pair_downstream
     from wmel_jax.evaluate import METRIC_SPACES
     from wmel_jax.report import build_group_report
 
-    say = say or (lambda msg: print(msg, file=sys.stderr))
     t_start = time.perf_counter()
     cache_before = kernel_cache.stats()
 
@@ -534,7 +555,8 @@ def run_eval(
     inputs = Inputs.read(opts.states, opts.action_sequence, opts.actions, opts.episode_ids)
 
     skips = Skips(len(opts.models))
-    loaded = load_models(opts.models, labels, skips, say)
+    with progress.phase(f"loading {len(opts.models)} model file(s)"):
+        loaded = load_models(opts.models, labels, skips, say)
     t_loaded = time.perf_counter()
     task = resolve_task(opts.env, loaded)
     grouped = group_models(loaded, task, env_given=opts.env is not None, inputs=inputs)
@@ -567,10 +589,13 @@ def run_eval(
                 raise
             continue  # every model of this group was skipped (with its reason); the other groups run
         t0 = time.perf_counter()
-        problem = build_problem(
-            selection, inputs, n_states=opts.n_states, k_steps=opts.k_steps, seed=opts.seed,
-            precision=opts.precision, chunk_states=opts.chunk_states,
-        )
+        what = (f"checking {inputs.states.shape[0]} given states" if inputs.states is not None else
+                f"sampling {opts.n_states} states (seeded rollouts)")
+        with progress.phase(f"{group_task}: {what}"):
+            problem = build_problem(
+                selection, inputs, n_states=opts.n_states, k_steps=opts.k_steps, seed=opts.seed,
+                precision=opts.precision, chunk_states=opts.chunk_states,
+            )
         timings["states_s"] += time.perf_counter() - t0
         cells, run_timings = score_models(
             problem, selection, downstream, spaces=spaces, chunk_states=opts.chunk_states, progress=progress,

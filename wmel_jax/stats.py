@@ -6,13 +6,16 @@ episodes (a cluster bootstrap): :class:`EpisodeResampler` draws, once per run,
 ``n_resamples`` multisets of episodes (seeded), and :func:`ratio_intervals`
 turns every metric's per-episode sums and counts (the kernels' outputs, see
 ``wmel_jax.metrics``) into the resampled means ``sum(w * total) / sum(w *
-count)`` with one matrix product. The interval is Hesterberg's *expanded
-percentile* interval: the percentile interval of those resampled means at
-tail probability alpha'/2 instead of alpha/2, where ``z_{alpha'/2} =
-sqrt(E / (E - 1)) t_{alpha/2, E-1}`` for E episodes. The plain percentile
-interval is too narrow with few clusters (its spread is that of a variance
-with divisor E, and it ignores the t quantile): at the default N = 150 there
-are 6 episodes. The expansion fades as E grows (E = 400: alpha' = 0.0494).
+count)`` and their standard errors with a few matrix products. The interval
+is the hull of the studentized (bootstrap-t) interval and Hesterberg's
+*expanded percentile* interval (the percentile interval at tail probability
+alpha'/2 with ``z_{alpha'/2} = sqrt(E / (E - 1)) t_{alpha/2, E-1}``). With
+few clusters the plain percentile interval is far too narrow (at the default
+N = 150 there are 6 episodes): it ignores the t quantile, and the skew of
+per-episode distances. The calibration benchmark
+(``python -m wmel_jax.benchmarks.intervals calibration``) measures the
+coverage of this interval, of the plain percentile one and of one that
+resamples states as if independent.
 :func:`suggested_units` says how many episodes would bring a half-width under
 a target, from the observed per-episode variance; :func:`precision_warnings`
 applies the report's rule (a half-width above ``PRECISION_SPREAD_FRACTION``
@@ -48,6 +51,7 @@ __all__ = [
     "EpisodeResampler",
     "default_resamples",
     "expanded_tail",
+    "INTERVAL_METHODS",
     "ratio_intervals",
     "episode_sd",
     "suggested_units",
@@ -152,11 +156,31 @@ def expanded_tail(n_units: int, confidence: float = INTERVAL_CONFIDENCE) -> floa
     return float(ndtr(-z))
 
 
+def _quantiles(x: np.ndarray, q: Sequence[float]) -> np.ndarray:
+    """Column quantiles of (B, m) ignoring NaN: (len(q), m); NaN where a column has fewer than 2 values."""
+    finite = np.isfinite(x)
+    used = finite.sum(axis=0)
+    out = np.full((len(q), x.shape[1]), np.nan)
+    full = used == x.shape[0]
+    if np.any(full):  # the common case, without nanquantile's per-column loop
+        out[:, full] = np.quantile(x[:, full], q, axis=0)
+    partial = ~full & (used >= 2)
+    if np.any(partial):
+        out[:, partial] = np.nanquantile(np.where(finite[:, partial], x[:, partial], np.nan), q, axis=0)
+    return out
+
+
+#: The interval constructions :func:`ratio_intervals` knows ("hull" is the reported one;
+#: the others are there for the calibration benchmark to compare against).
+INTERVAL_METHODS = ("hull", "studentized", "expanded", "percentile")
+
+
 def ratio_intervals(
     totals: np.ndarray,
     counts: np.ndarray,
     resampler: EpisodeResampler,
     confidence: float = INTERVAL_CONFIDENCE,
+    method: str = "hull",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bootstrap intervals of ratio means ``sum(total) / sum(count)`` over resampled units.
 
@@ -164,11 +188,30 @@ def ratio_intervals(
     is a ratio: M1 sums distances over (state, action) pairs, M3 sums tau-b
     over the states where it is defined). Each resample's mean is the ratio of
     its weighted sums; a resample whose count is 0 (no defined tau-b in any
-    drawn episode) has none and is dropped. Returns (low (m,), high (m,),
-    resamples used (m,)): the expanded percentile interval
-    (:func:`expanded_tail`); NaN where fewer than 2 resamples are usable or
-    E < 2 (one episode says nothing about the spread between episodes).
+    drawn episode) has none and is dropped.
+
+    The interval is the hull of two intervals from the same resamples:
+
+    - the studentized (bootstrap-t) interval ``[R - q_hi se, R - q_lo se]``,
+      q the 2.5% / 97.5% quantiles of ``(R_b - R) / se_b`` over the resamples,
+      se the ratio's linearised standard error (:func:`episode_sd`) of the
+      sample and se_b of each resample. Distances are skewed across episodes
+      (a few episodes reach states the model gets badly wrong): a sample
+      without such an episode has both a low mean and a low spread, and
+      studentizing carries that into the interval, where a percentile
+      interval stays narrow around the low mean;
+    - the expanded percentile interval (:func:`expanded_tail`), which holds
+      where the studentized statistic degenerates: resamples with no spread
+      (a tau-b of exactly 1 in most episodes) have no t-value.
+
+    Returns (low (m,), high (m,), resamples used (m,)); NaN where fewer than 2
+    resamples are usable or E < 2 (one episode says nothing about the spread
+    between episodes). ``method`` (INTERVAL_METHODS): "hull" (the above),
+    "studentized" or "expanded" alone, or "percentile" (the plain 2.5%-97.5%
+    percentile interval), for comparisons.
     """
+    if method not in INTERVAL_METHODS:
+        raise ValueError(f"method must be one of {INTERVAL_METHODS}; got {method!r}")
     totals = np.asarray(totals, np.float64)
     counts = np.asarray(counts, np.float64)
     if totals.ndim != 2 or totals.shape != counts.shape:
@@ -179,26 +222,44 @@ def ratio_intervals(
     nan = np.full(m, np.nan)
     if e < 2:
         return nan, nan.copy(), np.zeros(m, np.int64)
+    csum = counts.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(csum > 0, totals.sum(axis=0) / csum, np.nan)
+    se = episode_sd(totals, counts) / math.sqrt(e)
     means = np.empty((resampler.n_resamples, m))
+    t_values = np.empty((resampler.n_resamples, m))
     # Metrics of one kernel output share their counts: resample each distinct count column once.
     unique_counts, which = np.unique(counts, axis=1, return_inverse=True)
     which = which.reshape(-1)
+    squares, cross = totals * totals, totals * counts
+    unique_count_squares = unique_counts * unique_counts
     row = 0
     for w in resampler.blocks():
+        rows = slice(row, row + w.shape[0])
         num, den = w @ totals, (w @ unique_counts)[:, which]
         with np.errstate(invalid="ignore", divide="ignore"):
-            means[row : row + w.shape[0]] = np.where(den > 0, num / den, np.nan)
+            mean = np.where(den > 0, num / den, np.nan)
+            # The resample's own linearised variance: sum_e w_e (t_e - R_b c_e)^2 / (E - 1) / (den / E)^2.
+            sum_sq = w @ squares + mean * mean * (w @ unique_count_squares)[:, which]
+            spread = sum_sq - 2.0 * mean * (w @ cross)
+            # A spread lost in the rounding of its terms is none (a resample of equal episodes).
+            spread = np.where(spread > 1e-9 * sum_sq, spread, 0.0)
+            se_b = np.sqrt(spread / (e - 1)) / (den / e) / math.sqrt(e)
+            t_values[rows] = np.where(se_b > 0, (mean - ratio) / se_b, np.nan)
+        means[rows] = mean
         row += w.shape[0]
-    finite = np.isfinite(means)
-    used = np.sum(finite, axis=0)
-    tail = expanded_tail(e, confidence)
-    low, high = np.full(m, np.nan), np.full(m, np.nan)
-    full = used == means.shape[0]
-    if np.any(full):  # the common case, without nanquantile's per-column loop
-        low[full], high[full] = np.quantile(means[:, full], [tail, 1.0 - tail], axis=0)
-    partial = ~full & (used >= 2)
-    if np.any(partial):
-        low[partial], high[partial] = np.nanquantile(means[:, partial], [tail, 1.0 - tail], axis=0)
+    used = np.sum(np.isfinite(means), axis=0)
+    alpha = 1.0 - confidence
+    tail = alpha / 2.0 if method == "percentile" else expanded_tail(e, confidence)
+    low, high = _quantiles(means, [tail, 1.0 - tail])
+    if method in ("hull", "studentized"):
+        q_low, q_high = _quantiles(t_values, [alpha / 2.0, 1.0 - alpha / 2.0])
+        ok = np.isfinite(q_low) & np.isfinite(q_high) & (se > 0)
+        t_low, t_high = ratio - q_high * se, ratio - q_low * se
+        if method == "hull":
+            low, high = np.where(ok, np.fmin(low, t_low), low), np.where(ok, np.fmax(high, t_high), high)
+        else:  # no spread in the sample: the interval is the point
+            low, high = np.where(ok, t_low, ratio), np.where(ok, t_high, ratio)
     bad = used < 2
     low[bad] = np.nan
     high[bad] = np.nan

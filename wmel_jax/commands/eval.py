@@ -83,7 +83,11 @@ def run(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         episode_ids=args.episode_ids,
     )
-    report = run_eval(opts, progress=_common.progress_bar(quiet=args.quiet))
+    from wmel_jax import kernel_cache
+    from wmel_jax.progress import Progress
+
+    progress = Progress(quiet=args.quiet, cached=kernel_cache.get_directory() is not None)
+    report = run_eval(opts, progress=progress)
     sys.stdout.write(format_table(report, timings=args.timings))
     for what, path in (("report", args.output), ("figure", args.figure), ("states", args.save_states)):
         if path:
