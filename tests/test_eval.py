@@ -129,6 +129,10 @@ def test_padded_oracle_chunks_give_the_same_targets(cartpole_models):
 #: batch of 60 rows and its first 25), so metrics from different chunk sizes
 #: agree to float32 rounding, not bit for bit.
 CHUNK_RTOL = 1e-6
+#: An interval end is a quantile over resamples: a float32-rounding difference in
+#: two episodes' sums can swap the order of two nearly tied resamples, moving the
+#: end to its neighbour (measured: 1.3e-6 relative on a latent curve step).
+CHUNK_CI_RTOL = 1e-5
 
 
 @pytest.mark.parametrize("chunk", [5, N])
@@ -143,7 +147,7 @@ def test_model_chunking_does_not_change_the_metrics(cartpole_models, chunk):
     for key in ("m1_l2_onestep", "m2_curve", "m3_action_agreement", "m1_latent_onestep", "m2_latent_curve"):
         np.testing.assert_allclose(chunked[key], reference[key], rtol=CHUNK_RTOL, err_msg=key)
         # Chunks of 5 cut every episode of 25 into pieces: the host adds them up, the intervals agree.
-        np.testing.assert_allclose(chunked[f"{key}_ci"], reference[f"{key}_ci"], rtol=CHUNK_RTOL, err_msg=key)
+        np.testing.assert_allclose(chunked[f"{key}_ci"], reference[f"{key}_ci"], rtol=CHUNK_CI_RTOL, err_msg=key)
     assert chunked["m3_states_used"] == reference["m3_states_used"]
 
 

@@ -238,17 +238,21 @@ CALIBRATION_METRICS = ("m1_l2_onestep", "m2_l2_kstep", "m3_action_agreement")
 
 
 def test_intervals_cover_the_large_sample_value_and_ignoring_episodes_does_not(cartpole_weak):
-    """Calibration at the suite's size: 12 seeds at N = 150, the value at N = 2,400 as the truth.
+    """Calibration at the suite's size: 12 seeds at N = 150, the value at N = 1,200 as the truth.
 
-    The truth pools 16 other seeds' states (96 episodes; its own error is a
-    fifth of an N = 150 interval's half-width). The full version (40 seeds,
-    three tasks, N = 20,000) is the benchmark's; here the episode intervals
-    must cover in at least 10 of 12 runs per metric, and intervals that
-    resample states as if independent must be much narrower and cover less.
+    The truth pools 8 other seeds' states (48 episodes; its own standard
+    error is about a seventh of an N = 150 interval's half-width), all with
+    one M2 action sequence. The full version (40 seeds, three tasks, the
+    truth at N = 20,000) is ``python -m wmel_jax.benchmarks.intervals
+    calibration``: there the reported intervals cover 85-96% per task. Here,
+    over the 36 runs (12 seeds x M1, M2, M3), they must cover at least 27
+    (75%: with a true coverage of 90%, fewer happens with probability about
+    1%), and intervals that resample states as if independent must be much
+    narrower and cover at most 60% (they cover 30-50% in the benchmark).
     """
     sequence = evaluate.draw_action_sequence(jax.random.key(7), np.asarray(cartpole_weak.action_set), EVAL_K)
     pooled = None
-    for seed in range(100, 116):
+    for seed in range(100, 108):
         _, _, sums = _episode_and_state_runs(cartpole_weak, seed, sequence)
         part = {k: metrics.combine_sums(v) for k, v in sums.items()}
         pooled = part if pooled is None else {k: metrics.combine_sums(pooled[k], part[k]) for k in part}
@@ -257,8 +261,7 @@ def test_intervals_cover_the_large_sample_value_and_ignoring_episodes_does_not(c
         "m2_l2_kstep": metrics.mean_or_none(pooled["m2"])[0][-1],
         "m3_action_agreement": metrics.mean_or_none(pooled["m3"])[0],
     }
-    covered = {k: 0 for k in CALIBRATION_METRICS}
-    covered_naive = {k: 0 for k in CALIBRATION_METRICS}
+    covered, covered_naive, runs = 0, 0, 0
     width_ratio = {k: [] for k in CALIBRATION_METRICS}
     for seed in range(12):
         with_episodes, ignoring, _ = _episode_and_state_runs(cartpole_weak, seed, sequence)
@@ -267,10 +270,11 @@ def test_intervals_cover_the_large_sample_value_and_ignoring_episodes_does_not(c
             low, high = with_episodes[f"{k}_ci"]
             nlow, nhigh = ignoring[f"{k}_ci"]
             assert with_episodes[k] == pytest.approx(ignoring[k], rel=1e-12)  # the same value either way
-            covered[k] += low <= truth[k] <= high
-            covered_naive[k] += nlow <= truth[k] <= nhigh
+            covered += low <= truth[k] <= high
+            covered_naive += nlow <= truth[k] <= nhigh
+            runs += 1
             width_ratio[k].append((nhigh - nlow) / (high - low))
+    assert covered >= 27, (covered, covered_naive, runs)
+    assert covered_naive <= 0.6 * runs, (covered, covered_naive, runs)
     for k in CALIBRATION_METRICS:
-        assert covered[k] >= 10, (k, covered, covered_naive)
         assert np.median(width_ratio[k]) < 0.7, (k, np.median(width_ratio[k]))
-    assert sum(covered_naive.values()) < sum(covered.values()), (covered, covered_naive)
