@@ -710,7 +710,9 @@ def precompile_oracle_targets(
     try:
         precision = DEFAULT_PRECISION if precision is None else precision
         oracle = make_oracle(task, frame_skip=frame_skip, precision=precision)
-        action_set = oracle.validate_actions(oracle.actions if actions is None else actions, "action set")
+        action_set = check_distinct_actions(
+            oracle.validate_actions(oracle.actions if actions is None else actions, "action set"), "action set"
+        )
         # Out of bounds: make_problem says so, and nothing compiles meanwhile.
         limits.check_problem_size(n_states, action_set.shape[0], k_steps)
         limits.check_count(chunk_states, "chunk size", limits.MAX_CHUNK_STATES)
