@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -82,6 +83,8 @@ __all__ = [
     "model_compiler_options",
     "check_model_fits",
     "model_task_index",
+    "non_finite_metrics",
+    "NON_FINITE_REASON",
 ]
 
 DEFAULT_N_STATES = 150
@@ -207,8 +210,9 @@ def draw_action_sequence(key: jax.Array, actions: np.ndarray, k_steps: int) -> n
 
     actions: (A, action_dim) -> (k_steps, action_dim), numpy.
     """
-    if k_steps < 1:
-        raise WmelError(f"k_steps must be a positive int; got {k_steps}")
+    from wmel_jax.limits import MAX_K_STEPS, check_count
+
+    k_steps = check_count(k_steps, "k_steps", MAX_K_STEPS)
     idx = np.asarray(jax.random.randint(key, (k_steps,), 0, actions.shape[0]))
     return np.asarray(actions)[idx]
 
@@ -238,17 +242,29 @@ def make_problem(
     together (only with ``states``); without them each given state is its own
     unit.
     """
+    from wmel_jax import limits
     from wmel_jax.oracle import DEFAULT_PRECISION, make_oracle
 
-    if states is None and (isinstance(n_states, bool) or not isinstance(n_states, int) or n_states < 1):
-        raise WmelError(f"n_states must be a positive int; got {n_states!r}")
-    if action_sequence is None and (isinstance(k_steps, bool) or not isinstance(k_steps, int) or k_steps < 1):
-        raise WmelError(f"k_steps must be a positive int; got {k_steps!r}")
+    if states is None:
+        n_states = limits.check_count(n_states, "n_states (--n-states)", limits.MAX_N_STATES)
+    if action_sequence is None:
+        k_steps = limits.check_count(k_steps, "k_steps (--k-steps)", limits.MAX_K_STEPS)
+    seed = limits.check_seed(seed, "seed (--seed)")
     precision = DEFAULT_PRECISION if precision is None else precision
     oracle = make_oracle(task, frame_skip=frame_skip, precision=precision)
-    action_set = oracle.validate_actions(oracle.actions if actions is None else actions, "action set row")
-    if action_set.shape[0] < 1:
-        raise WmelError("the action set is empty")
+    action_set = check_distinct_actions(
+        oracle.validate_actions(oracle.actions if actions is None else actions, "action set"), "action set"
+    )
+    if states is not None:
+        states = oracle.validate_state_range(oracle.validate_states(states, "state"), "state")
+    if action_sequence is not None:
+        action_sequence = oracle.validate_actions(action_sequence, "action sequence")
+    # Every size bounded before any work (the sampler would allocate N states at once).
+    limits.check_problem_size(
+        n_states if states is None else states.shape[0],
+        action_set.shape[0],
+        k_steps if action_sequence is None else action_sequence.shape[0],
+    )
     key_states, key_sequence = jax.random.split(jax.random.key(seed))
     if states is None:
         from wmel_jax.states import RESET_EVERY, sample_states
@@ -262,15 +278,12 @@ def make_problem(
         )
         episode_ids, episode_source = np.arange(states.shape[0]) // RESET_EVERY, "sampled"
     else:
-        states = oracle.validate_states(states, "state")
         episode_source = "states"
         if episode_ids is not None:
             episode_ids = validate_episode_ids(episode_ids, states.shape[0])
             episode_source = "file"
     if action_sequence is None:
         action_sequence = draw_action_sequence(key_sequence, action_set, k_steps)
-    else:
-        action_sequence = oracle.validate_actions(action_sequence, "action sequence row")
     for arr in (states, action_set, action_sequence, *(() if episode_ids is None else (episode_ids,))):
         arr.setflags(write=False)
     return Problem(task, oracle.frame_skip, oracle.precision, states, action_set, action_sequence, seed,
@@ -279,20 +292,9 @@ def make_problem(
 
 def read_episode_ids(path: Any) -> np.ndarray:
     """A ``.npy`` of (N,) integer episode labels, never unpickling anything (checked by make_problem)."""
-    from pathlib import Path
+    from wmel_jax.fileio import read_npy_file
 
-    p = Path(path)
-    if not p.is_file():
-        raise WmelError(f"episode ids file {str(path)!r} {'is not a file' if p.exists() else 'does not exist'}")
-    try:
-        ids = np.load(p, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise WmelError(f"episode ids file {str(path)!r} is not a plain numeric .npy array ({e})") from None
-    if not isinstance(ids, np.ndarray):
-        raise WmelError(f"episode ids file {str(path)!r} is an .npz archive; give one .npy array")
-    if not (np.issubdtype(ids.dtype, np.integer) or np.issubdtype(ids.dtype, np.floating)):
-        raise WmelError(f"episode ids file {str(path)!r} holds {ids.dtype} values, not integers")
-    return ids
+    return read_npy_file(path, "episode ids")
 
 
 def interval_config(problem: Problem, *, episode_file: Any = None) -> dict[str, Any]:
@@ -342,14 +344,29 @@ def validate_episode_ids(episode_ids: Any, n_states: int) -> np.ndarray:
     return ids.astype(np.int64)
 
 
+def check_distinct_actions(actions: np.ndarray, what: str) -> np.ndarray:
+    """``actions`` (A, action_dim), unless an action appears twice (M3 would rank it against itself)."""
+    seen: dict[bytes, int] = {}
+    for i, row in enumerate(np.asarray(actions, np.float64)):
+        key = (row + 0.0).tobytes()  # -0.0 and 0.0 are one action
+        if key in seen:
+            raise WmelError(
+                f"{what} rows {seen[key]} and {i} are the same action {row.tolist()}; an action set names each "
+                "action once"
+            )
+        seen[key] = i
+    return actions
+
+
 # --------------------------------------------------------------------------- #
 # chunking
 # --------------------------------------------------------------------------- #
 
 
 def _chunk_size(n: int, chunk_states: int) -> int:
-    if chunk_states < 1:
-        raise WmelError(f"chunk size must be a positive int; got {chunk_states}")
+    from wmel_jax.limits import MAX_CHUNK_STATES, check_count
+
+    check_count(chunk_states, "chunk size (--chunk-states)", MAX_CHUNK_STATES)
     return min(n, chunk_states)
 
 
@@ -684,6 +701,16 @@ def model_metrics(
     result = summarize_episode_sums(sums, problem, resamples=interval_resamples, seed=interval_seed)
     timings["interval_s"] = time.perf_counter() - t0
     unavailable = _unavailable(model.arch, requested_spaces(spaces))
+    # A metric that overflowed is null with its reason (and no interval), never a silent null.
+    for curve, last in (("m2_curve", "m2_l2_kstep"), ("m2_latent_curve", "m2_latent_kstep")):
+        if result.get(curve) is not None and not all(math.isfinite(v) for v in result[curve]):
+            for field in (curve, last):
+                result[field] = result[f"{field}_ci"] = None
+                unavailable[field] = NON_FINITE_REASON
+    for metric in ("m1_l2_onestep", "m3_action_agreement", "m1_latent_onestep", "reward_rank_agreement"):
+        if result.get(metric) is not None and not math.isfinite(result[metric]):
+            result[metric] = result[f"{metric}_ci"] = None
+            unavailable[metric] = NON_FINITE_REASON
     if unavailable:
         result["unavailable"] = unavailable
     return result, timings
@@ -860,6 +887,17 @@ def summarize_episode_sums(
     return result
 
 
+#: The ``unavailable`` reason of a metric that came out NaN or infinite.
+NON_FINITE_REASON = (
+    "not finite: the model's predictions overflow (or are NaN) on these states, so the metric is NaN or infinite"
+)
+
+
+def non_finite_metrics(values: Mapping[str, Any]) -> list[str]:
+    """The metrics of a :func:`model_metrics` result that came out non-finite (null, with NON_FINITE_REASON)."""
+    return [k for k, why in (values.get("unavailable") or {}).items() if why == NON_FINITE_REASON]
+
+
 #: A run putting at most this many states through a model kernel in all compiles
 #: it at XLA's backend optimisation level 0 (see :func:`model_compiler_options`).
 MODEL_FAST_COMPILE_MAX_STATES = 512
@@ -910,15 +948,19 @@ def precompile_oracle_targets(
     future, or None when the arguments are not valid (``make_problem`` reports
     those).
     """
+    from wmel_jax import limits
     from wmel_jax.oracle import DEFAULT_PRECISION, make_oracle
     from wmel_jax.oracle.base import precision_scope
 
     try:
         precision = DEFAULT_PRECISION if precision is None else precision
         oracle = make_oracle(task, frame_skip=frame_skip, precision=precision)
-        action_set = oracle.validate_actions(oracle.actions if actions is None else actions, "action set row")
-        if int(n_states) < 1 or int(k_steps) < 1 or action_set.shape[0] < 1:
-            return None
+        action_set = check_distinct_actions(
+            oracle.validate_actions(oracle.actions if actions is None else actions, "action set"), "action set"
+        )
+        # Out of bounds: make_problem says so, and nothing compiles meanwhile.
+        limits.check_problem_size(n_states, action_set.shape[0], k_steps)
+        limits.check_count(chunk_states, "chunk size", limits.MAX_CHUNK_STATES)
         spec = _oracle_compile_spec(oracle, int(n_states), action_set.shape[0], int(k_steps), int(chunk_states))
     except (WmelError, TypeError, ValueError):
         return None

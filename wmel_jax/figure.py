@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 from wmel_jax.fileio import atomic_output
 
-__all__ = ["FORMATS", "figure_format", "plot_report", "plot_reports"]
+__all__ = ["FORMATS", "figure_format", "plot_report", "plot_reports", "render_figure", "render_png"]
 
 #: The figure formats, by file extension.
 FORMATS = ("png", "pdf", "svg")
@@ -115,13 +115,33 @@ def _rows_of(report: Mapping[str, Any]) -> list[list[tuple]]:
 
 
 def plot_reports(reports: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """Several reports (one per task, say) in one figure: a block of panel rows per report."""
+    """Several reports (one per task, say) in one figure, written atomically in the extension's format."""
+    data = render_figure(reports, figure_format(path))
+    path = Path(path)
+    with atomic_output(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def render_png(reports: Sequence[Mapping[str, Any]]) -> bytes:
+    """The PNG of :func:`plot_reports`, as bytes."""
+    return render_figure(reports, "png")
+
+
+def render_figure(reports: Sequence[Mapping[str, Any]], fmt: str = "png") -> bytes:
+    """The figure of :func:`plot_reports` as bytes in ``fmt`` (FORMATS), for an :class:`~wmel_jax.fileio.OutputSet`.
+
+    A block of panel rows per report (and per group of a report of several groups).
+    """
+    import io
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from wmel_jax.report import group_views
 
-    fmt = figure_format(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}; got {fmt!r}")
     if not reports:
         raise ValueError("plot_reports needs at least one report")
     # A report of several groups (models of several tasks) draws a block per group, each
@@ -142,12 +162,10 @@ def plot_reports(reports: Sequence[Mapping[str, Any]], path: str | os.PathLike) 
     for subfig, report, rows in zip(blocks, reports, layouts):
         _draw(subfig, report, rows)
 
-    # Render fully before opening the output, so a drawing error leaves nothing.
-    fig.canvas.draw()
-    path = Path(path)
-    with atomic_output(path, "wb") as f:
-        fig.savefig(f, format=fmt, dpi=110)
-    return path
+    # Rendered fully in memory: a drawing error leaves no file.
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, dpi=110)
+    return buffer.getvalue()
 
 
 def _style(i: int) -> dict[str, Any]:
