@@ -21,14 +21,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--env", metavar="TASK",
         help="task (default: the task recorded at conversion); picks the task of a multitask model",
     )
-    parser.add_argument("--n-states", type=int, default=150, metavar="N", help="sampled states (default 150)")
-    parser.add_argument("--k-steps", type=int, default=10, metavar="K", help="M2 horizon (default 10)")
+    parser.add_argument("--n-states", type=int, default=None, metavar="N",
+                        help="sampled states (default 150; with --states, the file's rows)")
+    parser.add_argument("--k-steps", type=int, default=None, metavar="K",
+                        help="M2 horizon (default 10; with --action-sequence, the file's rows)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the state sample and M2's actions (default 0)")
     parser.add_argument("--states", metavar="F.npy", help="evaluate on these observations (N, obs_dim) instead of sampling")
     parser.add_argument("--action-sequence", metavar="F.npy", help="M2's actions (k, action_dim) instead of drawing them")
     parser.add_argument("--actions", metavar="F.npy", help="the action set (A, action_dim) (default: the checkpoint's, else the task's; "
                         "upstream checkpoints have none)")
     parser.add_argument("--save-states", metavar="F.npy", help="write the evaluated states, to rerun exactly with --states")
+    parser.add_argument(
+        "--episode-ids", metavar="F.npy",
+        help="with --states: (N,) integer labels saying which states belong together (e.g. one rollout); the "
+        "metrics' intervals resample these groups whole (default: each state on its own; sampled states: "
+        "their rollout episodes of 25)",
+    )
     parser.add_argument(
         "--downstream", nargs="+", metavar="F.json",
         help="one reference CPG JSON per model, in the same order: adds the gap and its correlation with each metric",
@@ -40,13 +48,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: every one the model has); the kernel does only the asked-for spaces' network work",
     )
     parser.add_argument("-o", "--output", metavar="report.json", help="write the JSON report here")
-    parser.add_argument("--figure", metavar="F.png", help="draw M2 curves and M1/M3 bars here")
+    parser.add_argument("--figure", metavar="F.png",
+                        help="draw the metrics with their intervals here (.png, .pdf or .svg, by the extension)")
+    parser.add_argument("--allow-skips", action="store_true",
+                        help="exit 0 even when some models were skipped (default: 1, after writing the report)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace output files that exist (an output is never an input, nor another output)")
     _common.add_runtime_arguments(parser)
+    _common.add_output_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from wmel_jax.commands import _common
 
+    if args.figure:
+        from wmel_jax.figure import figure_format
+
+        figure_format(args.figure)  # an unknown extension is refused before anything runs
     _common.configure_runtime(args)
     from wmel_jax.pipeline import EvalOptions, run_eval
     from wmel_jax.report import format_table
@@ -67,10 +85,20 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         chunk_states=args.chunk_states,
         metrics=args.metrics,
+        episode_ids=args.episode_ids,
+        force=args.force,
     )
-    report = run_eval(opts, progress=_common.progress_bar())
-    sys.stdout.write(format_table(report))
+    from wmel_jax import kernel_cache
+    from wmel_jax.progress import Progress
+
+    progress = Progress(quiet=args.quiet, cached=kernel_cache.get_directory() is not None)
+    report = run_eval(opts, progress=progress)
+    sys.stdout.write(format_table(report, timings=args.timings))
     for what, path in (("report", args.output), ("figure", args.figure), ("states", args.save_states)):
         if path:
             print(f"wrote {what}: {path}")
+    if report.get("skipped") and not args.allow_skips:
+        n = len(report["skipped"])
+        print(f"wmel-jax: {n} model(s) skipped (listed above); exit status 1 (--allow-skips: 0)", file=sys.stderr)
+        return 1
     return 0
