@@ -10,7 +10,7 @@ has its metric:
   bars, reward-ranking bars;
 - with downstream results: one panel per correlated metric, the metric (with
   its interval) against the gap, titled with Spearman's rho, its interval and
-  the permutation p-value.
+  the permutation p-value (or why there is no rho: a constant metric, say).
 
 Models keep one colour, marker and line style across panels, so overlapping
 curves stay apart. Drawn with matplotlib's Agg canvas directly (no pyplot, no
@@ -33,6 +33,8 @@ FORMATS = ("png", "pdf", "svg")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 _LINESTYLES = ("-", "--", "-.", ":")
 _TITLE_SIZE = 10
+#: Characters per line of a metric-against-gap panel's title (a third of the figure's width).
+_GAP_TITLE_WIDTH = 52
 
 
 def figure_format(path: str | os.PathLike) -> str:
@@ -89,12 +91,11 @@ def _has(cells: Sequence[Mapping[str, Any]], key: str) -> bool:
 
 
 def _correlated(report: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any]]]:
-    """(task, metric, correlation result) for every within-task correlation with a rho."""
+    """(task, metric, correlation result) for every within-task correlation (rho or not: the title says why not)."""
     out = []
     for task, block in (report.get("within_env_correlation") or {}).items():
         for metric, result in block.get("metrics", {}).items():
-            if result.get("rho") is not None:
-                out.append((task, metric, result))
+            out.append((task, metric, result))
     return out
 
 
@@ -283,16 +284,21 @@ def _gap_panel(ax: Any, cells: Sequence[Mapping[str, Any]], task: str, metric: s
         xerr = [[value - ci[0]], [ci[1] - value]] if ci else None
         ax.errorbar([value], [gap], xerr=xerr, fmt=style["marker"], color=style["color"], capsize=3,
                     markersize=6, label=_name(cell))
-    rho = result["rho"]
-    title = f"{metric}: rho={rho:+.2f}"
-    if result.get("ci_low") is not None:
-        title += f" [{result['ci_low']:+.2f}, {result['ci_high']:+.2f}]"
-    if result.get("p_value") is not None:
-        title += f", p={result['p_value']:.2g}"
-    title += f", n={result.get('n_cells')}"
-    if not result.get("interval_meaningful", True):
-        title += " (too few cells)"
-    ax.set_title(title, fontsize=_TITLE_SIZE)
+    rho = result.get("rho")
+    if rho is None:  # a constant side: the points are drawn, the title says why there is no rho
+        title = f"{metric}: no rho ({result.get('reason') or 'undefined'}), n={result.get('n_cells')}"
+    else:
+        title = f"{metric}: rho={rho:+.2f}"
+        if result.get("ci_low") is not None:
+            title += f" [{result['ci_low']:+.2f}, {result['ci_high']:+.2f}]"
+        if result.get("p_value") is not None:
+            title += f", p={result['p_value']:.2g}"
+        title += f", n={result.get('n_cells')}"
+        if not result.get("interval_meaningful", True):
+            title += " (too few cells)"
+    import textwrap
+
+    ax.set_title(textwrap.fill(title, _GAP_TITLE_WIDTH), fontsize=_TITLE_SIZE)  # two lines rather than cut off
     ax.set_xlabel(metric)
     ax.set_ylabel("planning gap (oracle - learned success)")
     ax.grid(alpha=0.3)
