@@ -152,8 +152,8 @@ def test_projections_and_chains_match_torch(dreamers, name):
         prior = mirror.latent_step(z, torch.as_tensor(acts))
         want = {"next": mirror.decode(prior).numpy(), "reward": mirror.reward(prior).numpy(),
                 "cont": torch.sigmoid(mirror.heads["cont"](mirror.dynamics.get_feat(prior))[..., 0]).numpy()}
-    got = jax.jit(_one_step, static_argnums=0, compiler_options=D.xla_options() or None)(
-        model.arch, model.params, rows, acts)
+    step = jax.jit(_one_step, static_argnums=0, compiler_options=D.xla_options() or None)
+    got = step(model.arch, model.params, rows, acts)
     np.testing.assert_array_equal(np.asarray(got["z"]["stoch"]), z["stoch"].reshape(len(rows), -1).numpy(),
                                   err_msg="posterior latents differ")
     np.testing.assert_allclose(np.asarray(got["z"]["deter"]), z["deter"].numpy(), atol=DETER_ATOL, rtol=0)
@@ -162,11 +162,12 @@ def test_projections_and_chains_match_torch(dreamers, name):
     np.testing.assert_allclose(np.asarray(got["next"]), want["next"], atol=OBS_ATOL, rtol=0, err_msg="projection")
     np.testing.assert_allclose(np.asarray(got["reward"]), want["reward"], atol=REWARD_ATOL, rtol=0)
     np.testing.assert_allclose(np.asarray(got["cont"]), want["cont"], atol=DETER_ATOL, rtol=0)
-    # k-step chains, each prediction re-projected (as M2 and the planners feed the model), by the loaded model.
-    _, traj = _torch_chain(mirror, obs, problem.action_sequence.astype(np.float32))
-    o = obs
+    # k-step chains, each prediction re-projected (as M2 and the planners feed the model): the same program
+    # (one compilation), every row of the one-step batch a chain start.
+    _, traj = _torch_chain(mirror, rows, problem.action_sequence.astype(np.float32))
+    o = rows
     for t, a in enumerate(problem.action_sequence.astype(np.float32)):
-        o = np.asarray(model.predict(o, np.broadcast_to(a, (len(obs), a.shape[-1]))))
+        o = np.asarray(step(model.arch, model.params, o, np.broadcast_to(a, acts.shape).copy())["next"])
         np.testing.assert_allclose(o, traj[t], atol=OBS_ATOL, rtol=0, err_msg=f"chain step {t + 1}")
 
 
