@@ -30,7 +30,9 @@ The whole path, as the reference project's Stage-2 script runs it:
   state batch (``random.Random(seed)`` actions, a reset every 25 steps) and the
   M2 action sequence (``random.Random(seed + 1)``);
 - :func:`run_reference`: all of it for one checkpoint, with wall times, and
-  a command line::
+  a command line (:func:`run_reference_dreamer` for a DreamerV3 ``latest.pt``:
+  M1-M3 through the Markovian projection, the latent metrics on its own
+  terms, the reward ranking)::
 
       python -m wmel_jax.benchmarks.reference MODEL.pt --env TASK [--n-states N] [--k-steps K]
           [--seed S] [--states F.npy] [--action-sequence F.npy] [-o out.json]
@@ -83,6 +85,10 @@ __all__ = [
     "load_upstream",
     "upstream_callables",
     "run_reference_latent",
+    "reference_recurrent_latent_metrics",
+    "load_dreamer",
+    "dreamer_callables",
+    "run_reference_dreamer",
     "main",
 ]
 
@@ -1028,6 +1034,233 @@ def _run_reference_latent(model_path: Any, task: str, states: Any, action_sequen
             "setup_s": t_setup - t_start,
             "collect_states_s": collect_s,
             "metrics_s": t_end - t_metrics,
+            "total_s": t_end - t_start,
+        },
+    }
+
+
+# --------------------------------------------------------------------------- #
+# DreamerV3 (NM512/dreamerv3-torch), per sample
+# --------------------------------------------------------------------------- #
+
+Observe = Callable[[Any, Any], Any]
+Distance = Callable[[Any, Any], float]
+
+
+def reference_recurrent_latent_metrics(
+    states: Sequence[Any],
+    actions: Sequence[Any],
+    action_sequence: Sequence[Any],
+    oracle_step_reward: StepReward,
+    encode: Encode,
+    next_latent: NextLatent,
+    observe: Observe,
+    distance: Distance,
+    reward: RewardFn | None = None,
+) -> dict[str, Any]:
+    """The latent metrics of a recurrent model, per sample, with its own distance; report field names.
+
+    - one-step: mean over states x actions of ``distance(p, observe(p, O(s, a)))``
+      with ``p = next(encode(s), a)``: the prior against the posterior of the
+      oracle's successor given that prior;
+    - k-step: ``z_0 = q_0 = encode(s)``; ``z_t = next(z_{t-1}, a_t)`` (the prior
+      rolled open loop) against ``q_t = observe(next(q_{t-1}, a_t), s_t)`` (the
+      posterior filtered along the oracle's trajectory ``s_t``, the oracle
+      iterated on its own observations), mean over states at each step;
+    - reward ranking (``reward(z, a)`` given): as :func:`reference_reward_rank`.
+    """
+    if not states or not actions or not action_sequence:
+        raise ValueError("the latent metrics need states, actions and an action sequence")
+
+    def oracle_step(obs: Any, action: Any) -> Any:
+        return oracle_step_reward(obs, action)[0]
+
+    total, n = 0.0, 0
+    for s in states:
+        z = encode(s)
+        for a in actions:
+            prior = next_latent(z, a)
+            total += distance(prior, observe(prior, oracle_step(s, a)))
+            n += 1
+    k = len(action_sequence)
+    sums = [0.0] * k
+    for s in states:
+        z = post = encode(s)
+        obs = s
+        for t, a in enumerate(action_sequence):
+            z = next_latent(z, a)
+            obs = oracle_step(obs, a)
+            post = observe(next_latent(post, a), obs)
+            sums[t] += distance(z, post)
+    curve = [v / len(states) for v in sums]
+    rank, used = (None, None)
+    if reward is not None:
+        rank, used = reference_reward_rank(states, actions, oracle_step_reward, encode, reward)
+    return {
+        "m1_latent_onestep": total / n,
+        "m2_latent_kstep": curve[-1],
+        "m2_latent_curve": curve,
+        "reward_rank_agreement": rank,
+        "reward_rank_states_used": used,
+    }
+
+
+def load_dreamer(path: str | os.PathLike, **given: Any) -> Any:
+    """The torch mirror WorldModel of a dreamerv3-torch ``latest.pt``, in eval mode.
+
+    ``torch.load(path, map_location="cpu", weights_only=True)`` (nothing in
+    the file is executed); the world model is the ``_wm.`` (or
+    ``_wm._orig_mod.``) keys, read by the mirror's own shape reading
+    (independent of the converter) and loaded strictly. ``given``: what shapes
+    cannot tell (``discrete``, ``act``, ``unimix``, ``symlog_inputs``).
+    """
+    from wmel_jax.converters import dreamerv3_torch as D
+    from wmel_jax.errors import WmelError
+
+    path = Path(path)
+    blob = _torch_load(path)
+    try:
+        state = D._world_model_state(blob)
+        model = D.WorldModel(D.config_from_state(state, **given))
+        model.load_state_dict(state, strict=True)
+    except (ValueError, KeyError, RuntimeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WmelError(f"{str(path)!r} is not a dreamerv3-torch checkpoint the reference path reads ({reason})") from None
+    return model.eval()
+
+
+def dreamer_callables(model: Any) -> dict[str, Callable]:
+    """Batch-of-1 callables of a torch mirror DreamerV3 WorldModel, every stochastic node at its mode.
+
+    ``model_step(obs, a) -> next_obs`` (the Markovian projection), ``encode(obs)``
+    (a first frame's posterior), ``next_latent(z, a)`` (the prior step),
+    ``observe(prior, obs)`` (the posterior), ``distance(z1, z2)`` (the fraction
+    of latent groups whose class differs), ``reward(z, a)`` (the reward head at
+    ``next_latent(z, a)``; None without a reward head). Latents are the
+    mirror's dicts of batch-1 tensors; each call one ``torch.no_grad()``
+    forward pass, float32.
+    """
+    import torch
+
+    def row(values: Any) -> torch.Tensor:
+        return torch.tensor([tuple(float(x) for x in values)], dtype=torch.float32)
+
+    @torch.no_grad()
+    def model_step(obs: Any, action: Any) -> tuple[float, ...]:
+        return tuple(float(x) for x in model.markovian_step(row(obs), row(action)).squeeze(0))
+
+    @torch.no_grad()
+    def encode(obs: Any) -> Any:
+        return model.encode(row(obs))
+
+    @torch.no_grad()
+    def next_latent(z: Any, action: Any) -> Any:
+        return model.latent_step(z, row(action))
+
+    @torch.no_grad()
+    def observe(prior: Any, obs: Any) -> Any:
+        return model.observe(prior, row(obs))
+
+    def distance(a: Any, b: Any) -> float:
+        return float((a["stoch"].argmax(-1) != b["stoch"].argmax(-1)).float().mean())
+
+    @torch.no_grad()
+    def reward(z: Any, action: Any) -> float:
+        return float(model.reward(model.latent_step(z, row(action)))[0])
+
+    return {"model_step": model_step, "encode": encode, "next_latent": next_latent, "observe": observe,
+            "distance": distance, "reward": reward if "reward" in model.heads else None}
+
+
+def run_reference_dreamer(
+    model_path: str | os.PathLike,
+    task: str,
+    *,
+    states: Any = None,
+    action_sequence: Any = None,
+    actions: Any = None,
+    frame_skip: int = 2,
+    n_states: int = 150,
+    k_steps: int = 10,
+    seed: int = 0,
+    torch_threads: int | None = 1,
+    **given: Any,
+) -> dict[str, Any]:
+    """M1-M3, the latent metrics and the reward ranking of one DreamerV3 ``latest.pt``, per sample.
+
+    The reference's queries of a DreamerV3 model: M1-M3 (:func:`reference_metrics`)
+    through the Markovian projection, the latent metrics by
+    :func:`reference_recurrent_latent_metrics`; dm_control for the oracle and
+    the true rewards (one state at a time, ``frame_skip`` env.steps: upstream
+    trains DMC with 2), the torch mirror batch-of-1. ``actions``: the action
+    set (A, action_dim), else the task's default set (a continuous action
+    space); states and the M2 sequence as :func:`run_reference_latent`.
+    ``given``: what shapes cannot tell (:func:`load_dreamer`). Returns the
+    metrics (report field names, unrounded) with the configuration, call
+    counts and ``timings`` {setup_s, collect_states_s, metrics_s, latent_s, total_s}.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    if torch_threads is not None:
+        torch.set_num_threads(int(torch_threads))
+    try:
+        return _run_reference_dreamer(model_path, task, states, action_sequence, actions, frame_skip, n_states,
+                                      k_steps, seed, torch_threads, given)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_reference_dreamer(model_path: Any, task: str, states: Any, action_sequence: Any, actions: Any,
+                           frame_skip: int, n_states: int, k_steps: int, seed: int, torch_threads: int | None,
+                           given: dict[str, Any]) -> dict[str, Any]:
+    from wmel_jax.converters.tasks import KNOWN_TASK_DIMS
+    from wmel_jax.errors import WmelError
+
+    t_start = time.perf_counter()
+    _check_task(task)
+    obs_dim, action_dim = KNOWN_TASK_DIMS[task]
+    model = load_dreamer(model_path, **given)
+    if (model.cfg.obs_dim, model.cfg.num_actions) != (obs_dim, action_dim):
+        raise WmelError(f"the checkpoint has obs_dim {model.cfg.obs_dim} and action_dim {model.cfg.num_actions}; "
+                        f"{task} has {obs_dim} and {action_dim}")
+    fns = dreamer_callables(model)
+    oracle_step_reward = dm_control_oracle_with_reward(task, frame_skip)
+    oracle_step, score, _ = dm_control_oracle(task, frame_skip)
+    action_set = default_actions(task) if actions is None else _as_rows("actions", actions, action_dim, "action set")
+    t_setup = time.perf_counter()
+    state_rows, sequence, collect_s = _states_and_sequence(task, states, n_states, seed, frame_skip, action_set,
+                                                           action_sequence, k_steps)
+    calls = {"model": 0}
+
+    def counted_model(obs: Sequence[float], action: Sequence[float]) -> tuple[float, ...]:
+        calls["model"] += 1
+        return fns["model_step"](obs, action)
+
+    t_metrics = time.perf_counter()
+    metrics = reference_metrics(state_rows, action_set, sequence, oracle_step, counted_model, score)
+    t_latent = time.perf_counter()
+    metrics.update(reference_recurrent_latent_metrics(
+        state_rows, action_set, sequence, oracle_step_reward, fns["encode"], fns["next_latent"], fns["observe"],
+        fns["distance"], fns["reward"]))
+    t_end = time.perf_counter()
+    return {
+        "model": str(model_path),
+        "task": task,
+        "frame_skip": int(frame_skip),
+        "n_states": len(state_rows),
+        "k_steps": len(sequence),
+        "seed": seed,
+        "action_set": [list(a) for a in action_set],
+        "action_sequence": [list(a) for a in sequence],
+        **metrics,
+        "calls": dict(calls),
+        "torch_threads": torch_threads,
+        "timings": {
+            "setup_s": t_setup - t_start,
+            "collect_states_s": collect_s,
+            "metrics_s": t_latent - t_metrics,
+            "latent_s": t_end - t_latent,
             "total_s": t_end - t_start,
         },
     }

@@ -1,4 +1,4 @@
-"""torch TD-MPC2 checkpoint -> one self-describing wmel-jax model file, once.
+"""torch TD-MPC2 (and DreamerV3) checkpoint -> one self-describing wmel-jax model file, once.
 
 :func:`convert_checkpoint` reads a ``torch.save``d checkpoint with
 ``torch.load(..., weights_only=True)`` only (a pickle that would run code is
@@ -14,6 +14,9 @@ reads the architecture from the tensor shapes, checks every key and shape,
 and writes the flax parameters plus a JSON header
 (:mod:`wmel_jax.model.fileformat`) atomically. Every defect is a one-line
 :class:`~wmel_jax.errors.WmelError`, and no output file is left behind.
+
+DreamerV3 checkpoints (NM512/dreamerv3-torch's ``latest.pt``) are read by
+:mod:`wmel_jax.converters.dreamerv3`, dispatched to from :func:`convert`.
 
 Only the networks are converted: upstream's ``_detach_Qs_params`` (the same
 tensors as ``_Qs.params``), ``_target_Qs*`` (the target ensemble) and the
@@ -77,6 +80,10 @@ class Conversion:
     header: dict[str, Any]
 
     def summary(self) -> str:
+        if self.header.get("family") == "dreamerv3":
+            from wmel_jax.converters.dreamerv3 import summary
+
+            return summary(self)
         h, a = self.header, self.arch
         kind = {"adapter": "adapter schema", "current": "upstream TD-MPC2",
                 "older": "upstream TD-MPC2 (older Q layout)"}[h["layout"]]
@@ -96,15 +103,17 @@ def convert_checkpoint(
     env: str | None = None,
     frame_skip: int | None = None,
     force: bool = False,
+    dreamer_config: str | os.PathLike | None = None,
 ) -> Path:
     """Convert the torch checkpoint ``src`` to the wmel-jax model file ``dst``; returns ``dst``.
 
     ``env`` names the task (else the checkpoint's meta, else inferred where
     unambiguous); ``frame_skip`` the action repeat (else ``meta.frame_skip``,
-    else 2 for upstream checkpoints and 1 for adapter ones); ``force``
-    allows replacing an existing ``dst``.
+    else 2 for upstream TD-MPC2 and DreamerV3 checkpoints and 1 for adapter
+    ones); ``force`` allows replacing an existing ``dst``; ``dreamer_config``
+    a DreamerV3 run's config keys (:mod:`wmel_jax.converters.dreamerv3`).
     """
-    return convert(src, dst, env=env, frame_skip=frame_skip, force=force).dst
+    return convert(src, dst, env=env, frame_skip=frame_skip, force=force, dreamer_config=dreamer_config).dst
 
 
 def convert(
@@ -114,6 +123,7 @@ def convert(
     env: str | None = None,
     frame_skip: int | None = None,
     force: bool = False,
+    dreamer_config: str | os.PathLike | None = None,
 ) -> Conversion:
     """:func:`convert_checkpoint`, returning the :class:`Conversion` record."""
     src, dst = Path(src), Path(dst)
@@ -126,13 +136,25 @@ def convert(
         raise WmelError(f"--frame-skip must be a positive integer, got {frame_skip}")
     if frame_skip is not None:
         check_count(int(frame_skip), "--frame-skip", MAX_FRAME_SKIP)
+    from wmel_jax.converters import dreamerv3
+
+    if dreamer_config is not None:
+        dreamerv3.read_config(dreamer_config)  # a bad config fails before anything is read
+    if dreamerv3.is_plain_pickle(src):  # not torch's: danijar/dreamerv3's pickles, read with numpy only
+        dreamerv3.refuse_danijar(src)
     torch = _import_torch()
     # One descriptor, checked to be a regular file, for the digest and torch.load (a FIFO would block).
     with open_input(src, "checkpoint") as f:
         digest, size = _sha256(f, src)
         f.seek(0)
         blob = _torch_load(torch, f, src)
-    params, header, arch = _convert_blob(torch, blob, env=env, frame_skip=frame_skip)
+    if dreamerv3.is_dreamer_checkpoint(blob):
+        params, header, arch = dreamerv3.convert_blob(torch, blob, env=env, frame_skip=frame_skip,
+                                                      config_path=dreamer_config)
+    elif dreamer_config is not None:
+        raise WmelError("--dreamer-config applies to DreamerV3 checkpoints only; this one is not")
+    else:
+        params, header, arch = _convert_blob(torch, blob, env=env, frame_skip=frame_skip)
     header["source"] = {"file": src.name, "sha256": digest, "size_bytes": size}
     from wmel_jax import __version__
 

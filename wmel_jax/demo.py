@@ -1,11 +1,13 @@
 """``wmel-jax demo``: evaluate the shipped example models, print the tables, draw the figure.
 
 The examples (``wmel_jax/examples/``, listed in its ``manifest.json``) are six
-small TD-MPC2-architecture models, a good and a weak one per task. They ship
-as torch checkpoints and as their conversions; the demo uses a conversion when
-its header records the sha256 of the shipped ``.pt`` (so it is the conversion
-of exactly that file), and otherwise converts the ``.pt`` itself, which needs
-torch.
+small TD-MPC2-architecture models, a good and a weak one per task, and one
+small DreamerV3 model for cartpole-swingup (evaluated in the same run as the
+TD-MPC2 ones). They ship as torch checkpoints and as their conversions; the
+demo uses a conversion when its header records the sha256 of the shipped
+``.pt`` (so it is the conversion of exactly that file), and otherwise converts
+the ``.pt`` itself (with the manifest entry's ``convert`` arguments, e.g. the
+DreamerV3 model's frame skip), which needs torch.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def _resolve(entry: dict[str, Any], examples_dir: Path, workdir: Path, say: Call
     from wmel_jax.converters.convert import convert_checkpoint
 
     say(f"converting {entry['pt']} (its shipped conversion is missing or stale)")
-    return convert_checkpoint(examples_dir / entry["pt"], workdir / entry["converted"])
+    return convert_checkpoint(examples_dir / entry["pt"], workdir / entry["converted"], **entry.get("convert", {}))
 
 
 def run_demo(

@@ -13,7 +13,8 @@ Each model gets every metric its networks support, in one kernel pass
 (:data:`METRIC_SPACES` says where each lives), or those of the spaces asked
 for (:data:`SPACES`; the kernel then does only their network work):
 
-- observation space (models with an observation decoder, the adapter schema):
+- observation space (models with an observation decoder: TD-MPC2's adapter
+  schema, DreamerV3 through its Markovian projection):
   M1 ``m1_l2_onestep``, M2 ``m2_l2_kstep`` / ``m2_curve``, M3
   ``m3_action_agreement`` (SPEC section 6);
 - latent space (every model: all have an encoder and latent dynamics):
@@ -21,10 +22,15 @@ for (:data:`SPACES`; the kernel then does only their network work):
   encode(O(s, a)) ||_2`` (TD-MPC2's own consistency target), and
   ``m2_latent_kstep`` / ``m2_latent_curve``: ``z_{t+1} = next(z_t, a_t)``
   rolled open loop from ``encode(s)`` (as TD-MPC2 plans) against ``encode`` of
-  the oracle's trajectory;
-- reward (models with a reward head, the upstream schema):
+  the oracle's trajectory. A family with its own latent distance reports its
+  own fields (:func:`latent_fields`): DreamerV3's ``m1_latent_mismatch_onestep``,
+  ``m2_latent_mismatch_kstep`` / ``m2_latent_mismatch_curve``, the fraction of
+  latent groups whose class differs between the prior and the posterior of the
+  oracle's successor (one step), or the posteriors filtered along the oracle's
+  trajectory (k steps: a recurrent family's ``observe``);
+- reward (models with a reward head):
   ``reward_rank_agreement``, per state the Kendall tau-b between the model's
-  ``reward(encode(s), a)`` and the task's true reward of the transition
+  predicted reward of (s, a) and the task's true reward of the transition
   (dm_control's, summed over the action repeat) over the action set, with M3's
   masking and null rules.
 
@@ -70,6 +76,7 @@ __all__ = [
     "SPACES",
     "requested_spaces",
     "model_spaces",
+    "latent_fields",
     "Problem",
     "OracleTargets",
     "make_problem",
@@ -107,10 +114,43 @@ METRIC_SPACES: dict[str, str] = {
     "m1_latent_onestep": "latent",
     "m2_latent_kstep": "latent",
     "m2_latent_curve": "latent",
+    "m1_latent_mismatch_onestep": "latent",
+    "m2_latent_mismatch_kstep": "latent",
+    "m2_latent_mismatch_curve": "latent",
     "reward_rank_agreement": "reward",
 }
 #: The metric spaces, in report order (the values of METRIC_SPACES).
 SPACES = ("observation", "latent", "reward")
+_LATENT_FIELDS = ("m1_latent_onestep", "m2_latent_kstep", "m2_latent_curve")
+
+
+def latent_fields(distance_name: str) -> tuple[str, str, str]:
+    """The report fields (one-step, k-step, curve) of latent metrics measured with ``distance_name``.
+
+    L2 (TD-MPC2's) keeps the original names; another distance (DreamerV3's
+    "mismatch") gets its own fields, so that metrics in different units are
+    never tabulated or correlated as one.
+    """
+    if distance_name == "l2":
+        return _LATENT_FIELDS
+    return (f"m1_latent_{distance_name}_onestep", f"m2_latent_{distance_name}_kstep",
+            f"m2_latent_{distance_name}_curve")
+
+
+def _rename_latent_fields(result: dict[str, Any], unavailable: dict[str, str], distance_name: str) -> None:
+    """In place: the latent metrics (and their intervals, sds, reasons) under the family's own field names."""
+    own = latent_fields(distance_name)
+    if own == _LATENT_FIELDS:
+        return
+    names = dict(zip(_LATENT_FIELDS, own))
+    for old, new in names.items():
+        for suffix in ("", "_ci"):
+            if old + suffix in result:
+                result[new + suffix] = result.pop(old + suffix)
+        if old in unavailable:
+            unavailable[new] = unavailable.pop(old)
+    if isinstance(result.get("episode_sd"), dict):
+        result["episode_sd"] = {names.get(k, k): v for k, v in result["episode_sd"].items()}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -524,10 +564,18 @@ def model_spaces(arch: Any, spaces: Any = None) -> tuple[str, ...]:
 
 
 def _unavailable(arch: Any, spaces: tuple[str, ...]) -> dict[str, str]:
-    """Metric -> why it is not reported for this architecture and request (empty: all are)."""
+    """Metric -> why it is not reported for this architecture and request (empty: all are).
+
+    Only the metrics its family can have: another family's latent fields are not listed.
+    """
+    from wmel_jax.model.protocol import functions_of
+
     why = _available(arch)
+    own_latent = latent_fields(functions_of(arch).latent_distance_name)
     out: dict[str, str] = {}
     for metric, space in METRIC_SPACES.items():
+        if space == "latent" and metric not in own_latent:
+            continue
         if why[space] is not None:
             out[metric] = why[space]
         elif space not in spaces:
@@ -671,7 +719,13 @@ def model_metrics(
     t0 = time.perf_counter()
     result = summarize_episode_sums(sums, problem, resamples=interval_resamples, seed=interval_seed)
     timings["interval_s"] = time.perf_counter() - t0
+    from wmel_jax.model.protocol import functions_of
+
+    distance_name = functions_of(model.arch).latent_distance_name
     unavailable = _unavailable(model.arch, requested_spaces(spaces))
+    # (The checks below use TD-MPC2's field names; a family with its own latent distance is renamed after.)
+    unavailable = {_LATENT_FIELDS[latent_fields(distance_name).index(k)] if k in latent_fields(distance_name)
+                   else k: v for k, v in unavailable.items()}
     # A metric that overflowed is null with its reason (and no interval), never a silent null.
     for curve, last in (("m2_curve", "m2_l2_kstep"), ("m2_latent_curve", "m2_latent_kstep")):
         if result.get(curve) is not None and not all(math.isfinite(v) for v in result[curve]):
@@ -682,6 +736,7 @@ def model_metrics(
         if result.get(metric) is not None and not math.isfinite(result[metric]):
             result[metric] = result[f"{metric}_ci"] = None
             unavailable[metric] = NON_FINITE_REASON
+    _rename_latent_fields(result, unavailable, distance_name)
     if unavailable:
         result["unavailable"] = unavailable
     return result, timings
@@ -738,7 +793,11 @@ def model_episode_sums(
         )
         return args, episodes
 
-    compiled, compile_s = _compiled(kernel, chunk_args(0, min(size, n))[0], model_compiler_options(total_states))
+    # The family's own XLA options (its numerics) over the compile-time ones.
+    from wmel_jax.model.protocol import functions_of
+
+    options = {**model_compiler_options(total_states), **functions_of(model.arch).xla_options()}
+    compiled, compile_s = _compiled(kernel, chunk_args(0, min(size, n))[0], options)
     parts: list[dict] = []
     maps: list[np.ndarray] = []
     run_s = 0.0

@@ -346,6 +346,8 @@ def _metric_header(key: str) -> str:
         "m3_action_agreement": "M3 tau-b",
         "m1_latent_onestep": "latent 1-step L2",
         "m2_latent_kstep": "latent k-step L2",
+        "m1_latent_mismatch_onestep": "latent 1-step mismatch",
+        "m2_latent_mismatch_kstep": "latent k-step mismatch",
         "reward_rank_agreement": "reward tau-b",
     }.get(key, key)
 
@@ -355,6 +357,8 @@ _STATES_USED = {
     "m3_action_agreement": "m3_states_used",
     "reward_rank_agreement": "reward_rank_states_used",
 }
+#: Why a cell lacks a metric field that other cells have.
+_OTHER_FAMILY = "another model family's metric (each family's latents have their own distance)"
 #: Shown in the table for a metric the model cannot have (null, listed under ``unavailable``).
 UNAVAILABLE_MARK = "-"
 
@@ -501,6 +505,10 @@ def _block_lines(report: Mapping[str, Any]) -> list[str]:
                 if k in unavailable:
                     row.append(UNAVAILABLE_MARK)
                     notes.setdefault(unavailable[k], []).append(_metric_header(k))
+                    continue
+                if k not in c:  # another model family's metric (a latent distance of its own)
+                    row.append(UNAVAILABLE_MARK)
+                    notes.setdefault(_OTHER_FAMILY, []).append(_metric_header(k))
                     continue
                 text = format_value(v, c.get(f"{k}_ci"), signed=k in _STATES_USED)
                 if k in _STATES_USED:

@@ -57,6 +57,26 @@ total, averaged over the last 50 updates before the snapshot.
 Adam (lr 1e-3, cosine decay to 1e-5 over ``good_steps``), gradient clipping
 at norm 20 (TD-MPC2's), torch's default initialisation under
 ``torch.manual_seed(seed)``; batches drawn with ``numpy.random.default_rng(seed)``.
+**DreamerV3** (``--families dreamerv3``): one small NM512/dreamerv3-torch world
+model for cartpole-swingup (:data:`DREAMER`: 4 x 32 categorical latents, deter
+64, hidden 64, heads 2 x 64, encoder and decoder 2 x 128; everything else
+upstream's dmc_proprio: SiLU, LayerNorm, unimix 0.01, learned initial state,
+symlog inputs), built with the project's torch mirror
+(``converters/dreamerv3_torch.py``) and trained the way upstream trains it:
+chunks of ``seq_len`` steps of random-action episodes (25 steps from the
+task's reset, actions from the task's action set, env ``{"random": 1000 +
+seed}``), every chunk's first step a first frame (upstream's replay marks
+it so), posteriors sampled straight-through, and upstream's world-model loss:
+the decoder's symlog MSE (summed over dimensions), the reward head's two-hot
+log loss over its 255 symlog buckets, the continuation head's log loss (DMC:
+always 1), and ``0.5 max(1, KL(sg(post) || prior)) + 0.1 max(1, KL(post ||
+sg(prior)))``; Adam (lr 3e-4, eps 1e-8: upstream's 1e-4 is for a million
+steps), gradient norm clipped at 1000. Frame skip 1, so it is evaluated in one
+run with the TD-MPC2 examples. Saved as upstream's ``latest.pt``
+(``{"agent_state_dict"}``, the behaviours' copies included; without the
+optimizer states, to keep the file small), converted with ``--frame-skip 1``,
+measured by ``benchmarks.reference.run_reference_dreamer``.
+
 The run is deterministic for a given torch build, CPU and thread count
 (``--threads``, default 1); the ``.pt`` bytes still differ between runs,
 because torch.save writes a random serialization id into every file. The
@@ -82,6 +102,7 @@ import torch
 
 from wmel_jax.benchmarks import reference as R
 from wmel_jax.converters.convert import convert_checkpoint
+from wmel_jax.converters import dreamerv3_torch as DT
 from wmel_jax.converters.tdmpc2_torch import AdapterWorldModel, adapter_arch, save_adapter
 from wmel_jax.converters.tasks import KNOWN_TASK_DIMS
 
@@ -393,21 +414,198 @@ def identity_baseline(task: str) -> dict[str, Any]:
     return {k: got[k] for k in ("m1_l2_onestep", "m2_l2_kstep", "m3_action_agreement")}
 
 
+# --------------------------------------------------------------------------- #
+# DreamerV3 (NM512/dreamerv3-torch's world model, through the torch mirror)
+# --------------------------------------------------------------------------- #
+
+
+@dataclasses.dataclass(frozen=True)
+class DreamerConfig:
+    """The shipped DreamerV3 example's run."""
+
+    task: str = "cartpole-swingup"
+    seed: int = 4
+    sizes: tuple = (("stoch", 4), ("discrete", 32), ("deter", 64), ("hidden", 64), ("units", 64),
+                    ("enc_layers", 2), ("enc_units", 128), ("dec_layers", 2), ("dec_units", 128))
+    episodes: int = 400  # of 25 steps from the task's reset
+    episode_len: int = 25
+    seq_len: int = 16
+    batch: int = 16
+    steps: int = 3000
+    lr: float = 3e-4
+
+
+DREAMER = DreamerConfig()
+#: upstream's world-model loss: KL balancing (dyn_scale, rep_scale) and free nats (kl_free); grad_clip.
+DREAMER_KL = {"dyn_scale": 0.5, "rep_scale": 0.1, "kl_free": 1.0}
+DREAMER_GRAD_CLIP = 1000.0
+
+
+def dreamer_episodes(cfg: DreamerConfig) -> dict[str, np.ndarray]:
+    """Random-action episodes: obs (E, L, D), action (E, L, ad) leading to each obs (0 at the reset),
+    reward (E, L) of the transition into each obs (0 at the reset)."""
+    actions = R.default_actions(cfg.task)
+    rng = np.random.default_rng(cfg.seed)
+    env = R.make_env(cfg.task, 1000 + cfg.seed)
+    obs = np.zeros((cfg.episodes, cfg.episode_len, KNOWN_TASK_DIMS[cfg.task][0]), np.float32)
+    act = np.zeros((cfg.episodes, cfg.episode_len, KNOWN_TASK_DIMS[cfg.task][1]), np.float32)
+    rew = np.zeros((cfg.episodes, cfg.episode_len), np.float32)
+    for e in range(cfg.episodes):
+        obs[e, 0] = R.flatten_observation(env.reset().observation)
+        for t in range(1, cfg.episode_len):
+            a = np.asarray(actions[rng.integers(len(actions))], np.float32)
+            ts = env.step(a)
+            obs[e, t], act[e, t], rew[e, t] = R.flatten_observation(ts.observation), a, float(ts.reward)
+    return {"obs": obs, "action": act, "reward": rew}
+
+
+def _kl(p_logit: torch.Tensor, q_logit: torch.Tensor, unimix: float) -> torch.Tensor:
+    """KL(p || q) of the unimix-mixed categoricals, summed over the groups: (..., S, C) -> (...)."""
+    lp, lq = DT._mixed_logits(p_logit, unimix), DT._mixed_logits(q_logit, unimix)
+    return (lp.exp() * (lp - lq)).sum(-1).sum(-1)
+
+
+def _two_hot_log_loss(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """upstream's DiscDist.log_prob, negated: two-hot of symlog(value) over the 255 buckets."""
+    buckets = torch.linspace(DT.REWARD_LOW, DT.REWARD_HIGH, DT.REWARD_BINS)
+    x = DT.symlog(value)
+    below = (buckets <= x[..., None]).sum(-1).clamp(1, DT.REWARD_BINS) - 1
+    above = (DT.REWARD_BINS - (buckets > x[..., None]).sum(-1)).clamp(0, DT.REWARD_BINS - 1)
+    equal = below == above
+    to_below = torch.where(equal, torch.ones_like(x), (buckets[below] - x).abs())
+    to_above = torch.where(equal, torch.ones_like(x), (buckets[above] - x).abs())
+    total = to_below + to_above
+    target = (torch.nn.functional.one_hot(below, DT.REWARD_BINS) * (to_above / total)[..., None]
+              + torch.nn.functional.one_hot(above, DT.REWARD_BINS) * (to_below / total)[..., None])
+    return -(target * torch.log_softmax(logits, -1)).sum(-1)
+
+
+def dreamer_losses(wm: DT.WorldModel, batch: dict[str, torch.Tensor], generator: torch.Generator
+                   ) -> dict[str, torch.Tensor]:
+    """upstream's WorldModel._train loss terms on a batch of chunks (B, T, ...), the first step a first frame."""
+    cfg = wm.cfg
+    embed = wm.encoder(batch["obs"])
+    post, posts, priors = None, [], []
+    for t in range(embed.shape[1]):
+        post, prior = wm.dynamics.obs_step(post, None if t == 0 else batch["action"][:, t], embed[:, t],
+                                           sample=True, generator=generator)
+        posts.append(post)
+        priors.append(prior)
+    stack = lambda states, k: torch.stack([s[k] for s in states], 1)  # noqa: E731
+    feat = torch.cat([stack(posts, "stoch").flatten(-2), stack(posts, "deter")], -1)
+    heads = wm.heads["decoder"](feat)
+    start = 0
+    decoder = 0.0
+    for key, width in cfg.obs_shapes:
+        target = DT.symlog(batch["obs"][..., start:start + width])
+        decoder = decoder + ((heads[key] - target) ** 2).sum(-1)
+        start += width
+    post_logit, prior_logit = stack(posts, "logit"), stack(priors, "logit")
+    dyn = _kl(post_logit.detach(), prior_logit, cfg.unimix).clamp(min=DREAMER_KL["kl_free"])
+    rep = _kl(post_logit, prior_logit.detach(), cfg.unimix).clamp(min=DREAMER_KL["kl_free"])
+    cont_logit = wm.heads["cont"](feat)[..., 0]
+    return {
+        "decoder": decoder.mean(),
+        "reward": _two_hot_log_loss(wm.heads["reward"](feat), batch["reward"]).mean(),
+        "cont": torch.nn.functional.binary_cross_entropy_with_logits(cont_logit, torch.ones_like(cont_logit)),
+        "kl": (DREAMER_KL["dyn_scale"] * dyn + DREAMER_KL["rep_scale"] * rep).mean(),
+    }
+
+
+def train_dreamer(cfg: DreamerConfig, data: dict[str, np.ndarray], log_every: int = 500
+                  ) -> tuple[DT.WorldModel, float, float]:
+    """(trained world model, mean loss over the last 50 updates, training seconds)."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    wm = DT.WorldModel(DT.config_for(cfg.task, **dict(cfg.sizes)))  # torch's default init, seeded
+    wm.train()
+    optim = torch.optim.Adam(wm.parameters(), lr=cfg.lr, eps=1e-8)
+    tensors = {k: torch.from_numpy(v) for k, v in data.items()}
+    recent: list[float] = []
+    t0 = time.perf_counter()
+    for step in range(1, cfg.steps + 1):
+        ep = rng.integers(0, cfg.episodes, cfg.batch)
+        start = rng.integers(0, cfg.episode_len - cfg.seq_len + 1, cfg.batch)
+        idx = torch.from_numpy(start[:, None] + np.arange(cfg.seq_len)[None])
+        ep_t = torch.from_numpy(ep)[:, None]
+        batch = {k: v[ep_t, idx] for k, v in tensors.items()}
+        terms = dreamer_losses(wm, batch, gen)
+        loss = sum(terms.values())
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(wm.parameters(), DREAMER_GRAD_CLIP)
+        optim.step()
+        recent = (recent + [float(loss.detach())])[-50:]
+        if step % log_every == 0 or step == cfg.steps:
+            detail = " ".join(f"{k} {float(v.detach()):.4g}" for k, v in terms.items())
+            print(f"  [dreamerv3 {cfg.task}] step {step}/{cfg.steps} loss {np.mean(recent):.4g} ({detail}) "
+                  f"{time.perf_counter() - t0:.1f} s", flush=True)
+    return wm.eval(), float(np.mean(recent)), time.perf_counter() - t0
+
+
+def save_and_measure_dreamer(cfg: DreamerConfig, wm: DT.WorldModel, loss: float, train_time: float,
+                             data_time: float, out_dir: Path) -> dict[str, Any]:
+    stem = f"{cfg.task}-dreamerv3"
+    pt, converted = out_dir / f"{stem}.pt", out_dir / f"{stem}.safetensors"
+    DT.save_agent(wm, pt, optimizer_states=False)
+    convert_checkpoint(pt, converted, frame_skip=1, force=True)
+    ref = R.run_reference_dreamer(pt, cfg.task, frame_skip=1, **EVAL)
+    m3 = ref["m3_action_agreement"]
+    print(f"  {stem}: M1 {ref['m1_l2_onestep']:.5f}  M2 {ref['m2_l2_kstep']:.5f}  "
+          f"M3 {'null' if m3 is None else f'{m3:+.4f}'}  latent mismatch {ref['m1_latent_onestep']:.4f}  "
+          f"reward tau {ref['reward_rank_agreement']}  (reference path {ref['timings']['total_s']:.2f} s)", flush=True)
+    keys = ("m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement", "m3_states_used")
+    return {
+        "task": cfg.task,
+        "quality": "dreamerv3",
+        "family": "dreamerv3",
+        "pt": pt.name,
+        "converted": converted.name,
+        "sha256": _sha256(pt),
+        "size_bytes": {"pt": pt.stat().st_size, "converted": converted.stat().st_size},
+        "frame_skip": 1,
+        "convert": {"frame_skip": 1},
+        "architecture": dict(cfg.sizes),
+        "training_steps": cfg.steps,
+        "seed": cfg.seed,
+        "episodes": cfg.episodes,
+        "final_train_loss": loss,
+        "train_time_s": train_time,
+        "data_time_s": data_time,
+        "reference": {
+            **EVAL,
+            **{k: ref[k] for k in keys},
+            "m1_latent_mismatch_onestep": ref["m1_latent_onestep"],
+            "m2_latent_mismatch_kstep": ref["m2_latent_kstep"],
+            "m2_latent_mismatch_curve": ref["m2_latent_curve"],
+            "reward_rank_agreement": ref["reward_rank_agreement"],
+            "reward_rank_states_used": ref["reward_rank_states_used"],
+            "wall_time_s": ref["timings"]["total_s"],
+            "metrics_time_s": ref["timings"]["metrics_s"] + ref["timings"]["latent_s"],
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m wmel_jax.examples.train_examples", description=__doc__.split("\n")[0])
     p.add_argument("--tasks", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--families", nargs="+", default=["tdmpc2", "dreamerv3"], choices=["tdmpc2", "dreamerv3"],
+                   help="which examples to (re)train; the manifest keeps the other families' entries")
     p.add_argument("--out", type=Path, default=EXAMPLES_DIR, help="output folder (default: the package's examples/)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (results depend on it; default 1)")
     p.add_argument("--good-steps", type=int, default=None, help="override every task's good_steps (trials)")
     p.add_argument("--weak-steps", type=int, default=None, help="override every task's weak_steps (trials)")
+    p.add_argument("--dreamer-steps", type=int, default=None, help="override the DreamerV3 example's steps (trials)")
     args = p.parse_args(argv)
-    if (args.good_steps or args.weak_steps) and args.out.resolve() == EXAMPLES_DIR:
-        p.error("--good-steps/--weak-steps are for trials: pass --out DIR so the shipped models stay")
+    trial = args.good_steps or args.weak_steps or args.dreamer_steps
+    if trial and args.out.resolve() == EXAMPLES_DIR:
+        p.error("--good-steps/--weak-steps/--dreamer-steps are for trials: pass --out DIR so the shipped models stay")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     entries = []
     t_all = time.perf_counter()
-    for task in args.tasks:
+    for task in args.tasks if "tdmpc2" in args.families else []:
         cfg = CONFIGS[task]
         if args.good_steps or args.weak_steps:
             cfg = dataclasses.replace(cfg, good_steps=args.good_steps or cfg.good_steps,
@@ -423,16 +621,39 @@ def main(argv: list[str] | None = None) -> int:
             entry = save_and_measure(cfg, quality, state, steps, loss, train_time, args.out)
             entry["data_time_s"] = t_data
             entries.append(entry)
+    if "dreamerv3" in args.families and DREAMER.task in args.tasks:
+        cfg = DREAMER if not args.dreamer_steps else dataclasses.replace(DREAMER, steps=args.dreamer_steps)
+        t0 = time.perf_counter()
+        data = dreamer_episodes(cfg)
+        t_data = time.perf_counter() - t0
+        print(f"dreamerv3 {cfg.task}: {cfg.episodes} episodes x {cfg.episode_len} steps ({t_data:.1f} s)", flush=True)
+        wm, loss, train_time = train_dreamer(cfg, data)
+        entries.append(save_and_measure_dreamer(cfg, wm, loss, train_time, t_data, args.out))
+    # Entries this run did not retrain are kept from the existing manifest (same folder).
+    previous = args.out / MANIFEST_NAME
+    old = {}
+    if previous.is_file():
+        import json
+
+        old = json.loads(previous.read_text())
+    made = {(e["task"], e["quality"]) for e in entries}
+    kept = [e for e in old.get("models", []) if (e["task"], e["quality"]) not in made]
+    order = {(t, q): i for i, (t, q) in enumerate((t, q) for t in CONFIGS for q in ("weak", "good", "dreamerv3"))}
+    models = sorted(kept + entries, key=lambda e: order.get((e["task"], e["quality"]), len(order)))
+    baselines = dict(old.get("identity_baseline", {}))
+    baselines.update({task: identity_baseline(task) for task in args.tasks})
     manifest = {
-        "description": "Example TD-MPC2-architecture world models (adapter schema, 1M layout), "
-                       "trained by wmel_jax/examples/train_examples.py on dm_control oracle transitions",
+        "description": "Example world models trained by wmel_jax/examples/train_examples.py on dm_control "
+                       "transitions: TD-MPC2-architecture models (adapter schema, 1M layout), a good and a weak "
+                       "one per task, and one small NM512/dreamerv3-torch DreamerV3 model for cartpole-swingup",
         "generated_by": "python -m wmel_jax.examples.train_examples",
         "torch": torch.__version__,
         "threads": args.threads,
         "loss_weights": LOSS_WEIGHTS,
+        "dreamerv3_loss": {**DREAMER_KL, "grad_clip": DREAMER_GRAD_CLIP, "lr": DREAMER.lr},
         "reference_eval": EVAL,
-        "identity_baseline": {task: identity_baseline(task) for task in args.tasks},
-        "models": entries,
+        "identity_baseline": baselines,
+        "models": models,
         "total_time_s": time.perf_counter() - t_all,
     }
     from wmel_jax.fileio import write_json

@@ -8,10 +8,12 @@ safetensors ``__metadata__`` holds two strings:
   recognised as such;
 - ``"wmel-jax"``: a JSON document::
 
-    format_version   int (this module writes FORMAT_VERSION)
-    schema           "adapter" | "upstream"
-    layout           "adapter" | "current" | "older"   (upstream Q-ensemble key layout)
-    arch             Arch.to_dict()
+    format_version   int: 1 for TD-MPC2 files, 2 for DreamerV3 files (each family's FILE_VERSION)
+    schema           "adapter" | "upstream" (TD-MPC2) | "dreamerv3"; the family that reads the
+                     file is the one whose SCHEMAS list it (wmel_jax.model.protocol.family_for_schema)
+    layout           TD-MPC2: "adapter" | "current" | "older" (upstream Q-ensemble key layout);
+                     DreamerV3: "dreamerv3-torch agent" | "... agent (torch.compile)" | "... world model"
+    arch             the family's architecture (TD-MPC2: Arch.to_dict(); DreamerV3: DreamerArch.to_dict())
     action_dim       int
     action_set       [[float] * action_dim] * A, or null (upstream checkpoints have none)
     task             str or null;  task_source: how it was determined
@@ -38,7 +40,6 @@ import numpy as np
 
 from wmel_jax.errors import WmelError
 from wmel_jax.fileio import atomic_output
-from wmel_jax.model.arch import Arch, param_shapes
 
 __all__ = [
     "FORMAT_NAME", "FORMAT_VERSION", "write_model_file", "model_file_bytes", "read_model_file", "read_model_header",
@@ -46,21 +47,25 @@ __all__ = [
 ]
 
 FORMAT_NAME = "wmel-jax/world-model"
-FORMAT_VERSION = 1
+#: The newest format version this module reads (a family writes its own FILE_VERSION, at most this).
+FORMAT_VERSION = 2
 _HEADER_KEY = "wmel-jax"
 REQUIRED_FIELDS = (
     "format_version", "schema", "layout", "arch", "action_dim", "action_set", "task",
     "task_names", "frame_skip", "source", "converter", "meta",
 )
-_SCHEMAS = ("adapter", "upstream")
-_LAYOUTS = ("adapter", "current", "older")
 
 
 def model_file_bytes(params: Mapping[str, np.ndarray], header: Mapping[str, Any]) -> bytes:
     """The model file of flat float32 ``params`` and the JSON ``header``, as bytes."""
     from safetensors.numpy import save
 
-    doc = {"format_version": FORMAT_VERSION, **header}
+    from wmel_jax.model.protocol import family_for_schema
+
+    family = family_for_schema(header.get("schema"))
+    if family is None:
+        raise ValueError(f"unknown schema {header.get('schema')!r}")  # a bug in the caller
+    doc = {"format_version": family.FILE_VERSION, **header}
     missing = [f for f in REQUIRED_FIELDS if f not in doc]
     if missing:
         raise ValueError(f"header lacks {missing}")  # a bug in the caller, not a user error
@@ -194,9 +199,10 @@ def _check_table(path: Path, raw: dict[str, Any], expected: Mapping[str, tuple[i
     return _Table(entries, data_start)
 
 
-def _check_header(path: Path, header: Any) -> Arch:
-    """Every field of wmel-jax's JSON header, typed and bounded; the architecture it declares."""
+def _check_header(path: Path, header: Any) -> tuple[Any, Any]:
+    """Every field of wmel-jax's JSON header, typed and bounded; (its family module, the architecture it declares)."""
     from wmel_jax.limits import MAX_ACTIONS, MAX_ARCH_DIM, MAX_FRAME_SKIP, check_count
+    from wmel_jax.model.protocol import family_for_schema
 
     shown = repr(str(path))
     if not isinstance(header, dict):
@@ -211,17 +217,24 @@ def _check_header(path: Path, header: Any) -> Arch:
     missing = [f for f in REQUIRED_FIELDS if f not in header]
     if missing:
         raise WmelError(f"{shown} header lacks {', '.join(missing)}")
-    if header["schema"] not in _SCHEMAS:
+    family = family_for_schema(header["schema"]) if isinstance(header["schema"], str) else None
+    if family is None:
         raise WmelError(f"{shown} has unknown schema {header['schema']!r}")
-    if header["layout"] not in _LAYOUTS:
+    if header["layout"] not in family.LAYOUTS:
         raise WmelError(f"{shown} has unknown layout {header['layout']!r}")
-    arch = Arch.from_dict(header["arch"])
+    if version > family.FILE_VERSION:
+        raise WmelError(f"{shown} has format version {version}, but {family.FAMILY} files are version "
+                        f"{family.FILE_VERSION}")
+    arch = family.config_from_dict(header["arch"])
     for field in dataclasses.fields(arch):
         value = getattr(arch, field.name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > MAX_ARCH_DIM:
-            raise WmelError(f"{shown}: architecture field {field.name} is {value:,}, more than {MAX_ARCH_DIM:,}")
-    if not (math.isfinite(arch.vmin) and math.isfinite(arch.vmax) and arch.vmin < arch.vmax):
-        raise WmelError(f"{shown}: architecture vmin {arch.vmin} and vmax {arch.vmax} must be finite, vmin < vmax")
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if isinstance(v, int) and not isinstance(v, bool) and v > MAX_ARCH_DIM:
+                raise WmelError(f"{shown}: architecture field {field.name} is {v:,}, more than {MAX_ARCH_DIM:,}")
+    problem = family.check_config(arch)
+    if problem is not None:
+        raise WmelError(f"{shown}: architecture {problem}")
     if header["action_dim"] != arch.action_dim or isinstance(header["action_dim"], bool):
         raise WmelError(f"{shown}: header action_dim disagrees with arch")
     actions = header["action_set"]
@@ -261,7 +274,7 @@ def _check_header(path: Path, header: Any) -> Arch:
     if policy is not None and (not isinstance(policy, dict) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in policy.values())):
         raise WmelError(f"{shown}: header policy must map names to finite numbers, or be null")
-    return arch
+    return family, arch
 
 
 def _open_model(path: Path):
@@ -270,7 +283,7 @@ def _open_model(path: Path):
     return open_input(path, "model file")
 
 
-def _header_and_table(f: Any, path: Path) -> tuple[dict[str, Any], Arch, _Table]:
+def _header_and_table(f: Any, path: Path) -> tuple[dict[str, Any], Any, _Table]:
     size = f.size
     metadata, raw, data_start = _read_table(f, path, size)
     if metadata.get("format") != FORMAT_NAME or _HEADER_KEY not in metadata:
@@ -284,12 +297,12 @@ def _header_and_table(f: Any, path: Path) -> tuple[dict[str, Any], Arch, _Table]
         header = parse_json(metadata[_HEADER_KEY], "its wmel-jax header")
     except WmelError as e:
         raise WmelError(f"{str(path)!r} has a corrupt wmel-jax header: {e}") from None
-    arch = _check_header(path, header)
-    table = _check_table(path, raw, param_shapes(arch), size, data_start)
+    family, arch = _check_header(path, header)
+    table = _check_table(path, raw, family.param_shapes(arch), size, data_start)
     return header, arch, table
 
 
-def read_model_header(path: str | os.PathLike) -> tuple[dict[str, Any], Arch]:
+def read_model_header(path: str | os.PathLike) -> tuple[dict[str, Any], Any]:
     """A converted model's ``(header, arch)``, every check of :func:`read_model_file` done, no tensor read."""
     path = Path(path)
     with _open_model(path) as f:
@@ -297,8 +310,10 @@ def read_model_header(path: str | os.PathLike) -> tuple[dict[str, Any], Arch]:
     return header, arch
 
 
-def read_model_file(path: str | os.PathLike) -> tuple[dict[str, Any], Arch, dict[str, np.ndarray]]:
+def read_model_file(path: str | os.PathLike) -> tuple[dict[str, Any], Any, dict[str, np.ndarray]]:
     """Read a converted model: ``(header, arch, flat float32 params)``; any defect is a WmelError.
+
+    ``arch`` is the family's static configuration (the family read from ``header["schema"]``).
 
     The whole header (the JSON fields, the tensor names, dtypes, shapes and
     offsets against the architecture it declares, the bytes they take against

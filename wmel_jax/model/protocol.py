@@ -31,7 +31,10 @@ inside the family's functions.
                        ``obs`` given the prior predicted for it (a recurrent
                        family's posterior update); None for a Markovian
                        family, whose latent of ``obs`` is ``encode(obs)``
-``latent_distance``    ``(a, b) -> (N,)`` between two latents (L2 by default)
+``latent_distance``    ``(a, b) -> (N,)`` between two latents (L2 by default), named
+                       by ``latent_distance_name`` ("l2"; DreamerV3: "mismatch"):
+                       latent metrics of different distances are different
+                       report fields, never compared with each other
 =====================  =====================================================
 
 The metric spaces a model has follow from what it provides
@@ -59,15 +62,18 @@ __all__ = [
     "FAMILY_MODULES",
     "functions_of",
     "family_of",
+    "family_for_schema",
     "l2_latent_distance",
     "repeat_latent",
     "stack_latent",
     "SPACE_NEEDS",
 ]
 
-#: The modules of the world-model families, each with ``CONFIG_TYPE`` and ``functions(config)``.
-#: A new family is one new module and one line here.
-FAMILY_MODULES = ("wmel_jax.model.tdmpc2",)
+#: The modules of the world-model families. Each has ``FAMILY`` (its name), ``CONFIG_TYPE``,
+#: ``functions(config)``, and for the file format ``SCHEMAS`` (the header schemas it reads),
+#: ``FILE_VERSION``, ``config_from_dict``, ``check_params(config, shapes)`` and
+#: ``loaded_model(header, config, params, path)``. A new family is one new module and one line here.
+FAMILY_MODULES = ("wmel_jax.model.tdmpc2", "wmel_jax.model.dreamerv3")
 
 #: What each metric space needs of a model.
 SPACE_NEEDS: dict[str, tuple[str, ...]] = {
@@ -91,6 +97,11 @@ class WorldModelFunctions:
     ``config``: the static, hashable configuration (the architecture) they are
     built for. ``unavailable``: ``((capability, reason), ...)`` saying why a
     function is None (the default reason is "no <capability>").
+    ``compiler_options``: ``((name, value), ...)`` XLA options every program
+    calling these functions must be compiled with, for their numerics (e.g.
+    DreamerV3's on CPU: XLA's YNN matmul fusion rounds float32 products 3x
+    worse than a plain dot, enough to flip categorical latents); pass
+    :meth:`xla_options` to ``jax.jit(..., compiler_options=)`` or ``compile``.
     """
 
     family: str
@@ -102,7 +113,13 @@ class WorldModelFunctions:
     reward_reads_next_latent: bool = False
     observe: Callable[..., Any] | None = None
     latent_distance: Callable[[Any, Any], jax.Array] = l2_latent_distance
+    latent_distance_name: str = "l2"
     unavailable: tuple[tuple[str, str], ...] = ()
+    compiler_options: tuple[tuple[str, Any], ...] = ()
+
+    def xla_options(self) -> dict[str, Any]:
+        """:attr:`compiler_options` as the dict ``jax.jit`` and ``Lowered.compile`` take."""
+        return dict(self.compiler_options)
 
     def has(self, capability: str) -> bool:
         return getattr(self, capability) is not None
@@ -145,7 +162,8 @@ class LoadedWorldModel(Protocol):
     """What a loaded model (``wmel_jax.load``) offers the commands, whatever its family.
 
     ``arch`` is the static configuration (hashable; :func:`functions_of`
-    reads the family from its type), ``params`` the pytree its functions take.
+    reads the family from its type), ``params`` the pytree its functions take,
+    ``functions`` the family's :class:`WorldModelFunctions` for ``arch``.
     ``fit_task(task, obs_dim, action_dim)`` returns the task index to pass as
     ``task`` (None for a single-task model) or raises WmelError when the model
     cannot be judged on the task.
@@ -157,6 +175,7 @@ class LoadedWorldModel(Protocol):
     frame_skip: int
     action_set: np.ndarray | None
     multitask: bool
+    functions: WorldModelFunctions
 
     def fit_task(self, task: str, obs_dim: int, action_dim: int) -> int | None: ...
 
@@ -172,6 +191,14 @@ def family_of(config: Any) -> Any:
         if isinstance(config, module.CONFIG_TYPE):
             return module
     raise TypeError(f"no world-model family has the configuration type {type(config).__qualname__}")
+
+
+def family_for_schema(schema: Any) -> Any:
+    """The family module that reads converted files of ``schema`` (``header["schema"]``); None for none."""
+    for module in _families():
+        if schema in module.SCHEMAS:
+            return module
+    return None
 
 
 def functions_of(config: Any) -> WorldModelFunctions:

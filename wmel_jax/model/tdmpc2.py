@@ -20,12 +20,30 @@ import jax
 import jax.numpy as jnp
 
 from wmel_jax.model import networks
-from wmel_jax.model.arch import Arch
+from wmel_jax.model.arch import Arch, check_params, param_shapes
 from wmel_jax.model.protocol import WorldModelFunctions
 
-__all__ = ["CONFIG_TYPE", "functions", "model_obs", "model_action"]
+__all__ = ["FAMILY", "SCHEMAS", "LAYOUTS", "FILE_VERSION", "CONFIG_TYPE", "functions", "model_obs", "model_action",
+           "config_from_dict", "check_config", "check_params", "param_shapes", "loaded_model"]
 
+FAMILY = "tdmpc2"
+#: The file schemas (``header["schema"]``) this family reads: the adapter and the upstream agent checkpoint.
+SCHEMAS = ("adapter", "upstream")
+#: The header layouts of this family's files (upstream's Q-ensemble key layout, or the adapter's).
+LAYOUTS = ("adapter", "current", "older")
+#: The converted-file format version this family's files are written with.
+FILE_VERSION = 1
 CONFIG_TYPE = Arch
+config_from_dict = Arch.from_dict
+
+
+def check_config(arch: Arch) -> str | None:
+    """What is wrong with a file's architecture beyond its field types (None: nothing)."""
+    import math
+
+    if not (math.isfinite(arch.vmin) and math.isfinite(arch.vmax) and arch.vmin < arch.vmax):
+        return f"vmin {arch.vmin} and vmax {arch.vmax} must be finite, vmin < vmax"
+    return None
 
 _NO_DECODER = "no observation decoder (the model predicts latents only; see the latent-space metrics)"
 
@@ -84,4 +102,27 @@ def functions(arch: Arch) -> WorldModelFunctions:
         decode=functools.partial(decode, arch) if arch.has_decoder else None,
         reward=functools.partial(reward, arch) if arch.has_reward else None,
         unavailable=tuple(unavailable),
+    )
+
+
+def loaded_model(header: Any, arch: Arch, params: Any, path: Any):
+    """The loaded :class:`~wmel_jax.model.world_model.WorldModel` of a converted file."""
+    import numpy as np
+
+    from wmel_jax.model.world_model import WorldModel
+
+    action_set = header["action_set"]
+    names = header.get("task_names")
+    return WorldModel(
+        arch=arch,
+        params=params,
+        schema=header["schema"],
+        action_set=None if action_set is None else np.asarray(action_set, dtype=np.float32),
+        meta=dict(header.get("meta") or {}),
+        task=header["task"],
+        task_source=str(header.get("task_source", "")),
+        frame_skip=int(header["frame_skip"]),
+        task_names=None if names is None else tuple(names),
+        header=header,
+        path=None if path is None else str(path),
     )

@@ -238,25 +238,18 @@ class WorldModel:
         )
 
 
-def load(path: str | os.PathLike) -> WorldModel:
-    """Load a converted world model (``wmel-jax convert`` output). Never imports torch."""
+def load(path: str | os.PathLike):
+    """Load a converted world model (``wmel-jax convert`` output) of any family. Never imports torch.
+
+    A TD-MPC2 file gives a :class:`WorldModel`, a DreamerV3 file a
+    :class:`~wmel_jax.model.dreamerv3.DreamerV3Model`; both follow
+    :class:`~wmel_jax.model.protocol.LoadedWorldModel`.
+    """
+    from wmel_jax.model.protocol import family_for_schema
+
     header, arch, flat = read_model_file(path)
     params = unflatten_params({k: jnp.asarray(v) for k, v in flat.items()})
-    action_set = header["action_set"]
-    names = header.get("task_names")
-    return WorldModel(
-        arch=arch,
-        params=params,
-        schema=header["schema"],
-        action_set=None if action_set is None else np.asarray(action_set, dtype=np.float32),
-        meta=dict(header.get("meta") or {}),
-        task=header["task"],
-        task_source=str(header.get("task_source", "")),
-        frame_skip=int(header["frame_skip"]),
-        task_names=None if names is None else tuple(names),
-        header=header,
-        path=str(path),
-    )
+    return family_for_schema(header["schema"]).loaded_model(header, arch, params, path)
 
 
 def stack_params(models: Sequence[WorldModel]) -> tuple[Arch, dict[str, Any]]:
