@@ -1,0 +1,610 @@
+"""The Counterfactual Planning Gap end to end: models in, one CPG JSON per model out.
+
+Two arms plan the same episodes (SPEC section 9) with the same planner and
+differ only in the dynamics it rolls candidates through:
+
+- the **oracle arm** plans with the MJX oracle; it depends only on (task,
+  frame skip, action set, planner, episodes, seed, horizon, precision), so it
+  runs once per run and every model of the run is paired with it;
+- the **learned arm** plans with each model's observation map
+  ``L(s, a) = decode(next(encode(s), a))`` (:func:`observation_map`); its
+  kernel is compiled once per architecture, the params an argument.
+
+Both run in the true simulator (the MJX oracle) from the same start states.
+:func:`run_cpg` is the Python API beside :func:`wmel_jax.run_eval`; the
+reports have the reference's layout (``cpg`` {oracle_success_rate,
+learned_success_rate, gap, n_episodes_oracle, n_episodes_learned,
+gap_ci_low, gap_ci_high, verdict}, ``config``, ``training``, ``seed``,
+``oracle_full`` / ``learned_full`` with per-episode ``results`` {success,
+steps, plan_calls}), so ``wmel-jax eval --downstream`` reads them, plus the
+paired statistics, success-rate intervals, steps-to-success summaries, the
+episodes a +-0.05 interval needs, and timings. With one arm only
+(``arms="oracle"`` or ``"learned"``) the other arm's fields, the gap and the
+paired statistics are null.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import functools
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from wmel_jax.errors import WmelError
+from wmel_jax.planning import stats as S
+from wmel_jax.planning.episodes import (
+    DEFAULT_CHUNK_EPISODES,
+    MAX_HORIZON,
+    ArmResult,
+    episode_kernel,
+    run_arm,
+    start_states,
+    success_threshold,
+)
+from wmel_jax.planning.planners import PLANNERS, PlannerConfig
+
+__all__ = [
+    "ARMS",
+    "DEFAULT_EPISODES",
+    "DEFAULT_HORIZON",
+    "HALF_WIDTH_TARGET",
+    "CPGOptions",
+    "observation_map",
+    "parse_arms",
+    "run_cpg",
+    "format_cpg_table",
+    "output_paths",
+]
+
+ARMS = ("oracle", "learned")
+DEFAULT_EPISODES = 300
+DEFAULT_HORIZON = 500
+#: The interval half-width the report says how many episodes it takes to reach.
+HALF_WIDTH_TARGET = 0.05
+SCHEMA_VERSION = "1.0"
+#: Seed of the paired bootstrap's resampling (the reference's default).
+BOOTSTRAP_SEED = 0
+
+
+@dataclasses.dataclass
+class CPGOptions:
+    """What ``wmel-jax cpg`` was asked to do (the CLI's flags, as data)."""
+
+    models: Sequence[str]
+    #: Names for the reports, one per model (default: the paths as given).
+    labels: Sequence[str] | None = None
+    env: str | None = None
+    planner: str = "random-shooting"
+    episodes: int = DEFAULT_EPISODES
+    seed: int = 0
+    horizon: int = DEFAULT_HORIZON
+    #: "oracle,learned" (default), "oracle" or "learned"; or a sequence of those names.
+    arms: str | Sequence[str] = "oracle,learned"
+    #: A file for one model, a folder for several (None: write nothing).
+    output: str | None = None
+    force: bool = False
+    figure: str | None = None
+    candidates: int = 50
+    plan_horizon: int = 15
+    iterations: int = 3
+    samples: int = 24
+    elites: int = 6
+    smoothing: float = 0.1
+    precision: str | None = None
+    #: Episodes in flight per kernel call (bounds memory).
+    chunk_episodes: int = DEFAULT_CHUNK_EPISODES
+
+    def planner_config(self) -> PlannerConfig:
+        return PlannerConfig(self.planner, self.plan_horizon, self.candidates, self.iterations, self.samples,
+                             self.elites, self.smoothing)
+
+
+def parse_arms(arms: str | Sequence[str]) -> tuple[str, ...]:
+    """The arms to run, in ARMS order; WmelError on an unknown or empty list."""
+    names = arms.split(",") if isinstance(arms, str) else list(arms)
+    names = [str(a).strip() for a in names if str(a).strip()]
+    unknown = [a for a in names if a not in ARMS]
+    if unknown:
+        raise WmelError(f"unknown arm {unknown[0]!r}: --arms takes oracle, learned or both (oracle,learned)")
+    if not names:
+        raise WmelError("no arm asked for: --arms takes oracle, learned or both (oracle,learned)")
+    return tuple(a for a in ARMS if a in names)
+
+
+def _check_int(value: Any, name: str, low: int = 1, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (
+        high is not None and value > high
+    ):
+        bound = f"between {low} and {high:,}" if high is not None else ("positive" if low == 1 else f">= {low}")
+        raise WmelError(f"{name} must be an integer {bound}; got {value!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------- #
+# the arms' dynamics
+# --------------------------------------------------------------------------- #
+
+
+def observation_map(arch: Any, obs_dim: int) -> Callable:
+    """The model's one-step observation map ``L(params, task, obs, action) -> next obs``.
+
+    obs: (B, obs_dim) the task's observations, action: (B, action_dim) ->
+    (B, obs_dim) float32: ``decode(next(encode(obs), action))``, for a
+    multitask model with the observation and action zero-padded to its widths
+    and the action multiplied by the task's action mask (as upstream's
+    planner feeds its dynamics), the decoded observation cut back to the
+    task's width. The learned arm's only contact with the model.
+    """
+    import jax.numpy as jnp
+
+    from wmel_jax.model import decode, encode, next_latent
+
+    def step(params, task, obs, action):
+        obs = obs.astype(jnp.float32)
+        action = action.astype(jnp.float32)
+        if obs.shape[-1] < arch.obs_dim:
+            obs = jnp.pad(obs, [(0, 0)] * (obs.ndim - 1) + [(0, arch.obs_dim - obs.shape[-1])])
+        if action.shape[-1] < arch.action_dim:
+            action = jnp.pad(action, [(0, 0)] * (action.ndim - 1) + [(0, arch.action_dim - action.shape[-1])])
+        if arch.has_action_masks:
+            action = action * jnp.take(params["action_masks"], task, axis=0)
+        z = encode(arch, params, obs, task)
+        return decode(arch, params, next_latent(arch, params, z, action, task))[..., :obs_dim]
+
+    return step
+
+
+def _task_score(oracle: Any) -> Callable:
+    """The task's score of an observation batch, computed in the oracle's precision (as the reference's floats)."""
+    import jax
+
+    task = oracle.physics.task
+    dtype = oracle.dtype.name  # a name: part of the kernel's content key
+
+    def score(obs):
+        return jax.vmap(task.score)(obs.astype(dtype))
+
+    return score
+
+
+@functools.lru_cache(maxsize=None)
+def _oracle_arm_kernel(oracle: Any, config: PlannerConfig) -> Callable:
+    def dynamics(params, task):
+        return oracle.step
+
+    return episode_kernel(oracle, dynamics, _task_score(oracle), config, success_threshold(oracle.task))
+
+
+@functools.lru_cache(maxsize=None)
+def _learned_arm_kernel(arch: Any, oracle: Any, config: PlannerConfig) -> Callable:
+    step = observation_map(arch, oracle.obs_dim)
+
+    def dynamics(params, task):
+        return lambda obs, action: step(params, task, obs, action)
+
+    return episode_kernel(oracle, dynamics, _task_score(oracle), config, success_threshold(oracle.task))
+
+
+def _compiler_options(oracle: Any, config: PlannerConfig, chunk: int) -> dict[str, Any]:
+    """The oracle's codegen options for a physics batch of chunk x sequences rows (both arms run it as the env)."""
+    from wmel_jax.oracle.base import compiler_options
+
+    return compiler_options(chunk * config.sequences_per_call)
+
+
+# --------------------------------------------------------------------------- #
+# the run
+# --------------------------------------------------------------------------- #
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setting:
+    """The run's task, frame skip, action set and oracle (what the oracle arm depends on, with the planner)."""
+
+    task: str
+    frame_skip: int
+    actions: np.ndarray
+    action_source: str
+    oracle: Any
+
+
+def output_paths(output: str | os.PathLike, labels: Sequence[str]) -> list[Path]:
+    """Where each model's report goes: ``output`` itself for one model, ``output/<stem>.cpg.json`` for several."""
+    out = Path(output)
+    if len(labels) == 1 and not out.is_dir():
+        return [out]
+    names = [f"{Path(str(label)).stem}.cpg.json" for label in labels]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise WmelError(f"two models would write {str(out / duplicated[0])!r}: give models with different file names")
+    return [out / name for name in names]
+
+
+def _check_outputs(opts: CPGOptions, labels: Sequence[str]) -> list[Path]:
+    from wmel_jax.fileio import check_output_path
+
+    paths: list[Path] = []
+    if opts.output:
+        out = Path(opts.output)
+        if len(labels) > 1 or out.is_dir():
+            if out.exists() and not out.is_dir():
+                raise WmelError(f"-o {str(out)!r}: several models write one report each, into a folder; "
+                                f"{str(out)!r} is a file")
+            parent = out.parent if str(out.parent) else Path(".")
+            if not out.exists() and not parent.is_dir():
+                raise WmelError(f"cannot create folder {str(out)!r}: {str(parent)!r} does not exist")
+        paths = output_paths(out, labels)
+        for p in paths:
+            if p.parent.is_dir():
+                check_output_path(p, opts.force)
+            elif p.exists() and not opts.force:
+                raise WmelError(f"{str(p)!r} exists; pass --force to overwrite it")
+    if opts.figure:
+        check_output_path(opts.figure, opts.force)
+    return paths
+
+
+def _load_models(opts: CPGOptions, say: Callable[[str], None], workdir: Path) -> list[tuple[str, Any]]:
+    from wmel_jax.pipeline import load_model_file
+
+    return [(name, load_model_file(name, workdir, say)) for name in opts.models]
+
+
+def _resolve_setting(opts: CPGOptions, loaded: Sequence[tuple[str, Any]]) -> _Setting:
+    from wmel_jax.evaluate import model_task_index
+    from wmel_jax.oracle import list_tasks, make_oracle
+
+    task = opts.env
+    if task is None:
+        recorded = [m.task for _, m in loaded if m.task]
+        if not recorded:
+            raise WmelError(f"no task recorded in the model file(s): pass --env (one of {', '.join(list_tasks())})")
+        task = recorded[0]
+    if task not in list_tasks():
+        raise WmelError(f"unknown task {task!r}: the oracle supports {', '.join(list_tasks())}")
+    success_threshold(task)
+    for name, model in loaded:
+        if not model.arch.has_decoder:
+            raise WmelError(
+                f"{name}: no observation decoder (an upstream TD-MPC2 agent checkpoint predicts latents only), "
+                "so the observation-space planners cannot plan with it; a latent-space planner is a later issue"
+            )
+        try:
+            model_task_index(model, task)
+        except WmelError as e:
+            converted = f" (it was converted for {model.task})" if model.task and model.task != task else ""
+            raise WmelError(f"{name}: {e}{converted}") from None
+        if model.task is not None and model.task != task and not model.multitask:
+            raise WmelError(f"{name}: it was converted for {model.task}, not {task}")
+    frame_skips = {m.frame_skip for _, m in loaded}
+    if len(frame_skips) > 1:
+        raise WmelError(f"the models have different frame skips ({sorted(frame_skips)}): the oracle arm is shared, "
+                        "so run them separately")
+    frame_skip = frame_skips.pop()
+    sets = [np.asarray(m.action_set, np.float64) for _, m in loaded if m.action_set is not None]
+    if any(s.shape != sets[0].shape or not np.array_equal(s, sets[0]) for s in sets[1:]):
+        raise WmelError("the models have different action sets: the oracle arm is shared, so run them separately")
+    from wmel_jax.oracle import DEFAULT_PRECISION
+
+    oracle = make_oracle(task, frame_skip=frame_skip, precision=opts.precision or DEFAULT_PRECISION)
+    if sets:
+        actions, source = oracle.validate_actions(sets[0], "action set row"), "the checkpoint's"
+    else:
+        actions, source = np.asarray(oracle.actions, np.float64), "the task's default set"
+    return _Setting(task, frame_skip, actions, source, oracle)
+
+
+def run_cpg(
+    opts: CPGOptions,
+    *,
+    say: Callable[[str], None] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """The CPG of every model in ``opts.models``: one report per model (also written when asked).
+
+    ``progress(done, total, label)`` is called between kernel calls (plan
+    rounds) with the episodes ended so far. User mistakes raise WmelError
+    before anything runs; outputs are written only once everything has been
+    computed, each atomically, all renamed into place together.
+    """
+    import jax
+
+    from wmel_jax.oracle.base import precision_scope
+
+    say = say or (lambda msg: print(msg, file=sys.stderr))
+    t_start = time.perf_counter()
+    config = opts.planner_config()
+    n = _check_int(opts.episodes, "--episodes")
+    horizon = _check_int(opts.horizon, "--horizon", 1, MAX_HORIZON)
+    chunk = _check_int(opts.chunk_episodes, "--chunk-episodes")
+    seed = _check_int(opts.seed, "--seed", 0, 2**32 - 1)
+    arms = parse_arms(opts.arms)
+    if not opts.models:
+        raise WmelError("give at least one model")
+    if opts.labels is not None and len(opts.labels) != len(opts.models):
+        raise WmelError(f"{len(opts.labels)} labels for {len(opts.models)} models")
+    labels = [str(x) for x in (opts.labels if opts.labels is not None else opts.models)]
+    paths = _check_outputs(opts, labels)
+
+    with tempfile.TemporaryDirectory(prefix="wmel-jax-") as tmp:
+        loaded = _load_models(opts, say, Path(tmp))
+    setting = _resolve_setting(opts, loaded)
+    oracle = setting.oracle
+    t_loaded = time.perf_counter()
+
+    with precision_scope(oracle.precision):
+        start = start_states(oracle, seed, n)
+        options = _compiler_options(oracle, config, min(chunk, n))
+
+        def arm_progress(label: str) -> Callable[[int, int, int], None] | None:
+            if progress is None:
+                return None
+            return lambda ended, total, rounds: progress(ended, total, f"{label}: {rounds} plan rounds")
+
+        oracle_result = None
+        if "oracle" in arms:
+            oracle_result = run_arm(_oracle_arm_kernel(oracle, config), None, None, start, seed, setting.actions,
+                                    horizon, chunk, dtype=oracle.dtype, compiler_options=options,
+                                    progress=arm_progress("oracle arm"))
+        learned: list[ArmResult | None] = []
+        for label, (_, model) in zip(labels, loaded):
+            if "learned" not in arms:
+                learned.append(None)
+                continue
+            from wmel_jax.evaluate import model_task_index
+
+            index = model_task_index(model, setting.task)
+            task_arg = None if index is None else jax.numpy.asarray(index, jax.numpy.int32)
+            learned.append(run_arm(_learned_arm_kernel(model.arch, oracle, config), model.params, task_arg, start,
+                                   seed, setting.actions, horizon, chunk, dtype=oracle.dtype,
+                                   compiler_options=options, progress=arm_progress(f"learned arm {label}")))
+    t_done = time.perf_counter()
+
+    run_config = {
+        **config.to_dict(),
+        "benchmark_episodes": n,
+        "benchmark_horizon": horizon,
+        "seed": seed,
+        "arms": list(arms),
+        "env": setting.task,
+        "frame_skip": setting.frame_skip,
+        "precision": oracle.precision,
+        "action_set": setting.actions.tolist(),
+        "action_set_source": setting.action_source,
+        "success_threshold": success_threshold(setting.task),
+        "success_reward": "the task's true reward of each env step (mean over its frame_skip physics steps)",
+        "start_states": "the task's reset distribution; episode k of seed s from a key that is a pure function of "
+                        "(s, k), shared by both arms",
+        "chunk_episodes": min(chunk, n),
+    }
+    reports = []
+    for label, (name, model), result in zip(labels, loaded, learned):
+        timings = {"load_s": t_loaded - t_start, "total_s": t_done - t_start}
+        for arm, r in (("oracle", oracle_result), ("learned", result)):
+            if r is not None:
+                timings[f"{arm}_compile_s"] = r.compile_s
+                timings[f"{arm}_run_s"] = r.run_s
+        reports.append(_report(label, model, run_config, config, oracle_result, result, timings))
+
+    # Outputs last: nothing is written unless everything above succeeded.
+    if paths:
+        _write_all(dict(zip(paths, reports)))
+    if opts.figure:
+        from wmel_jax.planning.figure import plot_cpg
+
+        plot_cpg(reports, opts.figure)
+    return reports
+
+
+def _write_all(outputs: Mapping[Path, Mapping[str, Any]]) -> None:
+    """Write every report to a temporary file beside its destination, then rename them all into place."""
+    import json
+
+    from wmel_jax.report import _plain
+
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, report in outputs.items():
+            path.parent.mkdir(exist_ok=True)
+            text = json.dumps(_plain(report), indent=2, allow_nan=False) + "\n"
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            staged.append((tmp, path))
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------- #
+# the report
+# --------------------------------------------------------------------------- #
+
+
+def _results(r: ArmResult) -> list[dict[str, Any]]:
+    return [{"success": bool(s), "steps": int(t), "plan_calls": int(c)}
+            for s, t, c in zip(r.success, r.steps, r.plan_calls)]
+
+
+def _scorecard(r: ArmResult, config: PlannerConfig, dynamics: str) -> dict[str, Any]:
+    calls = int(r.plan_calls.sum())
+    steps = int(r.steps.sum())
+    return {
+        "policy_name": f"{config.kind} ({dynamics} dynamics)",
+        "episodes": int(r.success.size),
+        "success_rate": float(r.success.mean()),
+        "average_steps_to_success": float(r.steps[r.success].mean()) if r.success.any() else None,
+        # Batched: the arm's run time over its plan calls (each call is not timed alone).
+        "average_planning_latency_ms": 1000.0 * r.run_s / calls if calls else None,
+        "average_compute_per_decision": config.dynamics_calls_per_plan * calls / steps if steps else None,
+        "plan_calls": calls,
+        "plan_calls_per_s": calls / r.run_s if r.run_s > 0 else None,
+        "rounds": r.rounds,
+        "masked_slot_fraction": 1.0 - r.slot_rounds / (r.rounds * r.chunk) if r.rounds else 0.0,
+    }
+
+
+def _arm_interval(r: ArmResult | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    s, n = int(r.success.sum()), int(r.success.size)
+    lo, hi = S.wilson_interval(s, n)
+    return {"rate": s / n, "ci_low": lo, "ci_high": hi, "successes": s, "n": n, "method": "Wilson 95%"}
+
+
+def _report(label: str, model: Any, run_config: dict, config: PlannerConfig, oracle: ArmResult | None,
+            learned: ArmResult | None, timings: dict) -> dict[str, Any]:
+    from wmel_jax import __version__
+
+    now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    n = run_config["benchmark_episodes"]
+    both = oracle is not None and learned is not None
+    if both:
+        cpg = S.gap_interval(oracle.success, learned.success)
+        cpg["verdict"] = S.verdict(cpg)
+        paired = {
+            "bootstrap": {**S.paired_bootstrap(oracle.success, learned.success, seed=BOOTSTRAP_SEED),
+                          "method": "paired percentile bootstrap over episode indices"},
+            "newcombe": {**S.newcombe_paired(oracle.success, learned.success), "method": "Newcombe (1998) paired"},
+            "mcnemar": {**S.mcnemar_exact(oracle.success, learned.success), "method": "exact two-sided McNemar"},
+        }
+        p_o, p_l = cpg["oracle_success_rate"], cpg["learned_success_rate"]
+    else:
+        p_o = float(oracle.success.mean()) if oracle is not None else None
+        p_l = float(learned.success.mean()) if learned is not None else None
+        cpg = {"oracle_success_rate": p_o, "learned_success_rate": p_l, "gap": None,
+               "n_episodes_oracle": n if oracle is not None else None,
+               "n_episodes_learned": n if learned is not None else None,
+               "gap_ci_low": None, "gap_ci_high": None, "verdict": None}
+        paired = None
+    if both:
+        per_arm = S.episodes_for_half_width(p_o, p_l, HALF_WIDTH_TARGET)
+        needed = {
+            "half_width": HALF_WIDTH_TARGET,
+            "current_half_width": (cpg["gap_ci_high"] - cpg["gap_ci_low"]) / 2.0,
+            "per_arm": per_arm,
+            "still_needed": None if per_arm is None else max(0, per_arm - n),
+            "method": "Agresti-Caffo half-width at the observed rates (the reference's power analysis)",
+        }
+    else:
+        needed = None
+    meta = dict(model.meta or {})
+    training = {
+        "training_steps": meta.get("training_steps"),
+        "tdmpc2_model_size": meta.get("tdmpc2_model_size"),
+        "frame_skip": model.frame_skip,
+    }
+    if "decoder" in meta:
+        training["decoder"] = meta["decoder"]
+
+    def full(r: ArmResult | None, dynamics: str) -> dict[str, Any] | None:
+        if r is None:
+            return None
+        return {"schema_version": SCHEMA_VERSION, "wmel_jax_version": __version__, "generated_at": now,
+                "scorecard": _scorecard(r, config, dynamics), "results": _results(r)}
+
+    def steps(r: ArmResult | None) -> dict[str, Any] | None:
+        if r is None:
+            return None
+        return {"steps_to_success": S.steps_summary(r.success, r.steps),
+                "plan_calls": S.steps_summary(np.ones_like(r.success), r.plan_calls)}
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "wmel_jax_version": __version__,
+        "generated_at": now,
+        "environment": "dmc_" + run_config["env"].replace("-", "_"),
+        "metric": "counterfactual_planning_gap",
+        "learned_model": label,
+        "model": {"path": label, "schema": model.schema, "arch": model.arch.to_dict(),
+                  "source_sha256": (model.header or {}).get("source_sha256")},
+        "cpg": cpg,
+        "config": {**run_config, "training_steps": meta.get("training_steps")},
+        "training": training,
+        "seed": run_config["seed"],
+        "smoke_mode": False,
+        "varied_init": True,
+        "oracle_scorecard": None if oracle is None else _scorecard(oracle, config, "oracle"),
+        "learned_scorecard": None if learned is None else _scorecard(learned, config, "learned"),
+        "success_intervals": {"oracle": _arm_interval(oracle), "learned": _arm_interval(learned)},
+        "paired": paired,
+        "episodes_needed": needed,
+        "steps": {"oracle": steps(oracle), "learned": steps(learned)},
+        "oracle_full": full(oracle, "oracle"),
+        "learned_full": full(learned, "learned"),
+        "timings": timings,
+    }
+
+
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_cpg_table(report: Mapping[str, Any]) -> str:
+    """A model's CPG as a few lines of text: rates and intervals, gap, verdict, episodes for +-0.05."""
+    cfg = report["config"]
+    cpg = report["cpg"]
+    n = cfg["benchmark_episodes"]
+    planner = PlannerConfig(**{"kind": cfg["planner"], "horizon": cfg["plan_horizon"],
+                               **({"candidates": cfg["num_candidates"]} if cfg["planner"] == "random-shooting" else
+                                  {"iterations": cfg["num_iterations"], "samples": cfg["num_samples"],
+                                   "elites": cfg["num_elites"], "smoothing": cfg["smoothing"]})})
+    lines = [f"{report['learned_model']}: {cfg['env']}, {planner.describe()}, {n} episodes x {cfg['benchmark_horizon']} "
+             f"steps, seed {cfg['seed']}" + (" (small sample)" if n < 30 else "")]
+    rows = [["arm", "success", "95% CI (Wilson)", "steps to success: median [IQR]", "plan calls/episode", "calls/s"]]
+    for arm in ARMS:
+        interval = report["success_intervals"][arm]
+        if interval is None:
+            rows.append([arm, "not run", "", "", "", ""])
+            continue
+        st = report["steps"][arm]["steps_to_success"]
+        pc = report["steps"][arm]["plan_calls"]
+        card = report[f"{arm}_scorecard"]
+        rows.append([
+            arm,
+            f"{interval['rate']:.3f} ({interval['successes']}/{interval['n']})",
+            f"[{interval['ci_low']:.3f}, {interval['ci_high']:.3f}]",
+            "-" if st["n"] == 0 else f"{st['median']:.0f} [{st['q25']:.0f}, {st['q75']:.0f}]",
+            f"{pc['mean']:.1f}",
+            _fmt(card.get("plan_calls_per_s"), ".0f"),
+        ])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    if cpg["gap"] is None:
+        lines.append("  gap: - (one arm only)")
+    else:
+        lines.append(f"  gap (oracle - learned) {cpg['gap']:+.3f}, 95% CI (Agresti-Caffo) [{cpg['gap_ci_low']:+.3f}, "
+                     f"{cpg['gap_ci_high']:+.3f}]: {cpg['verdict']}")
+        p = report["paired"]
+        lines.append(f"  paired: bootstrap [{p['bootstrap']['ci_low']:+.3f}, {p['bootstrap']['ci_high']:+.3f}], "
+                     f"Newcombe [{p['newcombe']['ci_low']:+.3f}, {p['newcombe']['ci_high']:+.3f}], "
+                     f"McNemar p = {p['mcnemar']['p_value']:.3g} ({p['mcnemar']['oracle_only']} oracle-only, "
+                     f"{p['mcnemar']['learned_only']} learned-only episodes)")
+        need = report["episodes_needed"]
+        if need["per_arm"] is None:
+            lines.append(f"  episodes for a +-{need['half_width']:g} interval: out of reach at these rates")
+        else:
+            more = need["still_needed"]
+            lines.append(f"  episodes for a +-{need['half_width']:g} interval at these rates: {need['per_arm']:,} per "
+                         f"arm (now +-{need['current_half_width']:.3f}; "
+                         + ("reached)" if more == 0 else f"{more:,} more)"))
+    return "\n".join(lines) + "\n"
