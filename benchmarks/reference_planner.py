@@ -17,7 +17,9 @@ reference project plans:
   prefix to execute and a trace of what it saw. ``candidates`` injects the
   sequences (indices into the action set) instead of drawing them: the parity
   tests give both implementations the same ones;
-- :func:`run_episodes`: episodes in a real dm_control env, episode k built
+- :func:`run_episode`: one episode in a dm_control env (:func:`env_at` puts one
+  in the state of a given observation), the candidates optionally injected per
+  plan call; :func:`run_episodes`: episodes in a real dm_control env, episode k built
   with ``task_kwargs={"random": seed * 100_000 + k}`` (the reference's
   varied-init seeding, so both arms of one seed see the same start states),
   the planner called with the steps left, its prefix executed open loop, the
@@ -57,6 +59,8 @@ __all__ = [
     "RandomShooting",
     "CEM",
     "make_planner",
+    "env_at",
+    "run_episode",
     "run_episodes",
     "oracle_dynamics",
     "model_dynamics",
@@ -216,43 +220,64 @@ def _make_env(task: str, random_seed: int) -> Any:
 
     domain, name = R.TASKS[task]
     # No time limit: the episode's horizon ends it (dm_control would silently reset after its limit).
-    return suite.load(domain_name=domain, task_name=name, task_kwargs={"random": random_seed},
-                      environment_kwargs={"time_limit": float("inf")})
+    return suite.load(domain_name=domain, task_name=name,
+                      task_kwargs={"random": random_seed, "time_limit": float("inf")})
+
+
+def env_at(task: str, obs: Sequence[float], random_seed: int = 0) -> Any:
+    """A dm_control env (no time limit) reset, then put in the state that produced ``obs`` (``reference.write_state``)."""
+    env = _make_env(task, random_seed)
+    env.reset()  # initialize_episode sets task parameters the reward reads (reacher-easy's target size)
+    R.write_state(task, env.physics, obs)
+    return env
+
+
+def run_episode(task: str, env: Any, obs: Sequence[float], planner: RandomShooting | CEM, *, horizon: int = 500,
+                frame_skip: int = 1, candidates: Callable[[int], Any] | None = None) -> dict[str, Any]:
+    """One episode from ``obs`` (the env's current observation): {success, steps, plan_calls, planning_latencies_ms}.
+
+    The planner is called with the steps left, its prefix executed open loop
+    with the task's reward compared with the threshold after every env step.
+    ``candidates(i)`` gives the i-th plan call's candidate sequences instead
+    of the planner's draws.
+    """
+    threshold = SUCCESS_THRESHOLDS[task]
+    obs = tuple(float(x) for x in obs)
+    steps, success, latencies = 0, False, []
+    while steps < horizon and not success:
+        given = None if candidates is None else candidates(len(latencies))
+        t0 = time.perf_counter()
+        prefix, _ = planner.plan(obs, horizon - steps, candidates=given)
+        latencies.append(1000.0 * (time.perf_counter() - t0))
+        if not prefix:
+            break
+        for action in prefix:
+            ctrl = np.asarray(action, dtype=np.float32)
+            reward = 0.0
+            for _ in range(frame_skip):
+                ts = env.step(ctrl)
+                reward += float(ts.reward or 0.0)
+            obs = R.flatten_observation(ts.observation)
+            steps += 1
+            if reward / frame_skip >= threshold:
+                success = True
+                break
+            if steps >= horizon:
+                break
+    return {"success": success, "steps": steps, "plan_calls": len(latencies), "planning_latencies_ms": latencies}
 
 
 def run_episodes(task: str, planner: RandomShooting | CEM, episodes: int, *, seed: int = 0, horizon: int = 500,
                  frame_skip: int = 1, first_episode: int = 0) -> list[dict[str, Any]]:
-    """Run episodes ``first_episode .. first_episode + episodes - 1`` of base seed ``seed``.
+    """Episodes ``first_episode .. first_episode + episodes - 1`` of base seed ``seed`` (see :func:`run_episode`).
 
-    Returns per episode {success, steps, plan_calls, planning_latencies_ms}.
+    Episode k starts from dm_control's reset with ``task_kwargs={"random": seed * SEED_STRIDE + k}``.
     """
-    threshold = SUCCESS_THRESHOLDS[task]
     results = []
     for k in range(first_episode, first_episode + episodes):
         env = _make_env(task, seed * SEED_STRIDE + k)
         obs = R.flatten_observation(env.reset().observation)
-        steps, success, latencies = 0, False, []
-        while steps < horizon and not success:
-            t0 = time.perf_counter()
-            prefix, _ = planner.plan(obs, horizon - steps)
-            latencies.append(1000.0 * (time.perf_counter() - t0))
-            if not prefix:
-                break
-            for action in prefix:
-                ctrl = np.asarray(action, dtype=np.float32)
-                reward = 0.0
-                for _ in range(frame_skip):
-                    ts = env.step(ctrl)
-                    reward += float(ts.reward or 0.0)
-                obs = R.flatten_observation(ts.observation)
-                steps += 1
-                if reward / frame_skip >= threshold:
-                    success = True
-                    break
-                if steps >= horizon:
-                    break
-        results.append({"success": success, "steps": steps, "plan_calls": len(latencies),
-                        "planning_latencies_ms": latencies})
+        results.append(run_episode(task, env, obs, planner, horizon=horizon, frame_skip=frame_skip))
     return results
 
 

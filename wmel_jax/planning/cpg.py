@@ -194,11 +194,30 @@ def _learned_arm_kernel(arch: Any, oracle: Any, config: PlannerConfig) -> Callab
     return episode_kernel(oracle, dynamics, _task_score(oracle), config, success_threshold(oracle.task))
 
 
-def _compiler_options(oracle: Any, config: PlannerConfig, chunk: int) -> dict[str, Any]:
-    """The oracle's codegen options for a physics batch of chunk x sequences rows (both arms run it as the env)."""
+#: A run whose plan batches (episodes in flight x sequences per call) have at most this many rows
+#: compiles at XLA's backend optimisation level 0: compilation is then most of the run.
+FAST_COMPILE_MAX_ROWS = 512
+
+
+def _compiler_options(arm: str, config: PlannerConfig, chunk: int) -> dict[str, Any]:
+    """XLA options of an arm's kernel whose plan batches have chunk x sequences rows.
+
+    The oracle arm's work is physics: the oracle's own codegen options
+    (:func:`wmel_jax.oracle.base.compiler_options`). The learned arm's is the
+    model's matmuls, which XLA's default CPU codegen runs 3x faster than the
+    oracle's options do (measured on a size-1 model); its env steps are a
+    fiftieth of its rows. Small batches compile at level 0 either way.
+    """
+    import jax
+
     from wmel_jax.oracle.base import compiler_options
 
-    return compiler_options(chunk * config.sequences_per_call)
+    rows = chunk * config.sequences_per_call
+    if arm == "oracle":
+        return compiler_options(rows)
+    if jax.default_backend() == "cpu" and rows <= FAST_COMPILE_MAX_ROWS:
+        return {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0}
+    return {}
 
 
 # --------------------------------------------------------------------------- #
@@ -343,7 +362,6 @@ def run_cpg(
 
     with precision_scope(oracle.precision):
         start = start_states(oracle, seed, n)
-        options = _compiler_options(oracle, config, min(chunk, n))
 
         def arm_progress(label: str) -> Callable[[int, int, int], None] | None:
             if progress is None:
@@ -353,7 +371,8 @@ def run_cpg(
         oracle_result = None
         if "oracle" in arms:
             oracle_result = run_arm(_oracle_arm_kernel(oracle, config), None, None, start, seed, setting.actions,
-                                    horizon, chunk, dtype=oracle.dtype, compiler_options=options,
+                                    horizon, chunk, dtype=oracle.dtype,
+                                    compiler_options=_compiler_options("oracle", config, min(chunk, n)),
                                     progress=arm_progress("oracle arm"))
         learned: list[ArmResult | None] = []
         for label, (_, model) in zip(labels, loaded):
@@ -366,7 +385,8 @@ def run_cpg(
             task_arg = None if index is None else jax.numpy.asarray(index, jax.numpy.int32)
             learned.append(run_arm(_learned_arm_kernel(model.arch, oracle, config), model.params, task_arg, start,
                                    seed, setting.actions, horizon, chunk, dtype=oracle.dtype,
-                                   compiler_options=options, progress=arm_progress(f"learned arm {label}")))
+                                   compiler_options=_compiler_options("learned", config, min(chunk, n)),
+                                   progress=arm_progress(f"learned arm {label}")))
     t_done = time.perf_counter()
 
     run_config = {

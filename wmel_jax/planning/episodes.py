@@ -136,13 +136,17 @@ def initial_episodes(start_obs: np.ndarray, chunk: int) -> Episodes:
                     np.zeros(n, bool), np.asarray(0, i32), np.asarray(0, i32))
 
 
+#: Start states are drawn in blocks of this many episodes: one compiled kernel serves every n.
+START_BLOCK = 256
+
+
 @functools.lru_cache(maxsize=None)
-def _start_kernel(oracle: Any, n: int) -> Callable:
+def _start_kernel(oracle: Any) -> Callable:
     physics = oracle.physics
 
-    def kernel(seed):
+    def kernel(seed, first):
         root = jax.random.fold_in(jax.random.key(seed), _START_STREAM)
-        keys = jax.vmap(lambda k: jax.random.fold_in(root, k))(jnp.arange(n))
+        keys = jax.vmap(lambda k: jax.random.fold_in(root, k))(first + jnp.arange(START_BLOCK))
         d, aux = physics.reset(keys)
         return physics.observe(d, aux)
 
@@ -150,13 +154,19 @@ def _start_kernel(oracle: Any, n: int) -> Callable:
 
 
 def start_states(oracle: Any, seed: int, n: int) -> np.ndarray:
-    """Episode k's start observation for k < n: (n, obs_dim), a pure function of (seed, k)."""
+    """Episode k's start observation for k < n: (n, obs_dim), a pure function of (seed, k).
+
+    The task's reset distribution (dm_control's ``initialize_episode``), drawn
+    with ``fold_in(fold_in(key(seed), 0), k)``.
+    """
     from wmel_jax.oracle.base import compiler_options, precision_scope
 
     with precision_scope(oracle.precision):
         seed_arg = jnp.asarray(np.uint32(seed))
-        compiled, _ = kernel_cache.compiled(_start_kernel(oracle, int(n)), (seed_arg,), compiler_options(n))
-        return np.asarray(compiled(seed_arg))
+        first = jnp.asarray(0, jnp.int32)
+        compiled, _ = kernel_cache.compiled(_start_kernel(oracle), (seed_arg, first), compiler_options(START_BLOCK))
+        blocks = [np.asarray(compiled(seed_arg, jnp.asarray(b, jnp.int32))) for b in range(0, n, START_BLOCK)]
+    return np.concatenate(blocks)[:n]
 
 
 def episode_kernel(

@@ -262,7 +262,8 @@ def cem_refit(elites: jax.Array, n_actions: int, smoothing: float, dtype: Any) -
     """Each plan step's refitted distribution from the elites.
 
     elites: (E, K, T) action indices -> (E, T, A): ``(1 - smoothing) * (count
-    / K) + smoothing * (1 / A)``, in that order of operations (the reference's).
+    / K) + smoothing * (1 / A)``, the reference's expression (XLA may fuse the
+    multiply-add, which rounds once: the last bit may differ).
     """
     counts = jnp.sum(jax.nn.one_hot(elites, n_actions, dtype=dtype), axis=1)  # (E, T, A)
     empirical = counts / elites.shape[1]
