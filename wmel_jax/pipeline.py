@@ -1,11 +1,20 @@
-"""``wmel-jax eval`` end to end: model files in, report out.
+"""``wmel-jax eval`` end to end: model files in, report out, in named stages.
 
-Resolves the models (converted files; a torch ``.pt`` is converted on the fly
-when torch is installed), settles the run's task, frame skip and action set,
-builds the :class:`~wmel_jax.evaluate.Problem`, asks the oracle once, scores
-every model against its answers, and assembles the report. User mistakes are
-:class:`WmelError`; a bad model among several is skipped with its reason while
-the others run; nothing is written until everything has been computed.
+:func:`run_eval` composes the stages, each a function of what the earlier ones
+produced, so other commands (``wmel-jax cpg``) reuse the ones they need::
+
+    check_labels, Inputs.read      the options and the user's array files, checked before any work
+    load_models     -> [LoadedModel]   converted files (a torch .pt converted on the fly when torch is installed)
+    resolve_task    -> task            --env, else the task recorded at conversion
+    select_models   -> Selection       the models judged together: fit the task, meet the command's
+                                       requirement, share a frame skip and an action set
+    build_problem   -> Problem         the seeded states (or the given ones) and M2's actions
+    score_models    -> cells           the oracle's answers once, every model's metrics against them
+    run_config, build_report, write_outputs
+
+User mistakes are :class:`WmelError`; a bad model among several is skipped
+with its reason (:class:`Skips`) while the others run; nothing is written
+until everything has been computed.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -36,7 +45,25 @@ from wmel_jax.evaluate import (
 )
 from wmel_jax.fileio import atomic_output, check_writable
 
-__all__ = ["EvalOptions", "run_eval", "load_model_file", "read_array_file", "save_array_file"]
+__all__ = [
+    "EvalOptions",
+    "run_eval",
+    "LoadedModel",
+    "Skips",
+    "Inputs",
+    "Selection",
+    "check_labels",
+    "load_models",
+    "resolve_task",
+    "select_models",
+    "build_problem",
+    "score_models",
+    "run_config",
+    "write_outputs",
+    "load_model_file",
+    "read_array_file",
+    "save_array_file",
+]
 
 
 @dataclasses.dataclass
@@ -118,196 +145,287 @@ def load_model_file(path: str, workdir: Path, say: Callable[[str], None]):
     return load(p)
 
 
-def run_eval(
-    opts: EvalOptions,
-    *,
-    say: Callable[[str], None] | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
-) -> dict[str, Any]:
-    """Evaluate every model in ``opts.models``; returns the report dict (also written when asked)."""
-    from wmel_jax.report import build_report, make_cell
+# --------------------------------------------------------------------------- #
+# The stages. Each is a function of what the earlier ones produced; ``eval``
+# composes them in run_eval, and other commands (``cpg``) reuse the ones they need.
+# --------------------------------------------------------------------------- #
 
-    say = say or (lambda msg: print(msg, file=sys.stderr))
-    from wmel_jax import kernel_cache
 
-    t_start = time.perf_counter()
-    cache_before = kernel_cache.stats()
-    for out in (opts.output, opts.figure, opts.save_states):
-        if out:
-            check_writable(out)
-    if not opts.models:
-        raise WmelError("give at least one model")
-    if opts.labels is not None and len(opts.labels) != len(opts.models):
-        raise WmelError(f"{len(opts.labels)} labels for {len(opts.models)} models")
-    label = list(opts.labels) if opts.labels is not None else [str(m) for m in opts.models]
-    spaces = requested_spaces(opts.metrics)
-    if opts.downstream and len(opts.downstream) != len(opts.models):
-        raise WmelError(
-            f"--downstream takes one file per model, in the same order: got {len(opts.downstream)} "
-            f"file(s) for {len(opts.models)} model(s)"
-        )
-    explicit_states = read_array_file(opts.states, "states") if opts.states else None
-    explicit_sequence = read_array_file(opts.action_sequence, "action sequence") if opts.action_sequence else None
-    explicit_actions = read_array_file(opts.actions, "action set") if opts.actions else None
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A model file as given, loaded: its position among the inputs, its report label."""
 
-    single = len(opts.models) == 1
-    skipped: list[dict[str, str]] = []
-    loaded: list[tuple[int, str, Any]] = []
+    index: int
+    name: str
+    label: str
+    model: Any
 
-    def skip(name: str, reason: str) -> None:
-        if single:
+
+class Skips:
+    """Models that cannot be evaluated, with their reasons, while the others run.
+
+    With a single model there is nothing else to run: its reason is the run's
+    error (:class:`WmelError`), raised at once.
+    """
+
+    def __init__(self, n_models: int):
+        self.single = n_models == 1
+        self.items: list[dict[str, str]] = []
+
+    def add(self, name: str, reason: str) -> None:
+        if self.single:
             raise WmelError(f"{name}: {reason}")
-        skipped.append({"model": name, "reason": reason})  # listed in the table and the report
+        self.items.append({"model": name, "reason": reason})
 
+    def none_left(self) -> WmelError:
+        """The error for a run in which every model was skipped."""
+        reasons = "; ".join(f"{s['model']}: {s['reason']}" for s in self.items)
+        return WmelError(f"no model could be evaluated ({reasons})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """The user's array files, read and checked once (None where not given)."""
+
+    states: np.ndarray | None = None
+    action_sequence: np.ndarray | None = None
+    actions: np.ndarray | None = None
+    actions_path: str | None = None
+
+    @classmethod
+    def read(cls, states: str | None, action_sequence: str | None, actions: str | None) -> "Inputs":
+        return cls(
+            read_array_file(states, "states") if states else None,
+            read_array_file(action_sequence, "action sequence") if action_sequence else None,
+            read_array_file(actions, "action set") if actions else None,
+            actions,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The models a run evaluates together, and what their oracle answers depend on.
+
+    task, frame_skip and the action set are shared by every model of the
+    selection (the oracle's answers depend on them); ``actions`` is None when
+    the task's default set is used, and ``action_source`` says where it came from.
+    """
+
+    task: str
+    frame_skip: int
+    actions: np.ndarray | None
+    action_source: str
+    models: tuple[LoadedModel, ...]
+
+
+def check_labels(models: Sequence[str], labels: Sequence[str] | None) -> list[str]:
+    """The report label of each model: ``labels`` (one per model) or the paths as given."""
+    if not models:
+        raise WmelError("give at least one model")
+    if labels is not None and len(labels) != len(models):
+        raise WmelError(f"{len(labels)} labels for {len(models)} models")
+    return list(labels) if labels is not None else [str(m) for m in models]
+
+
+def load_models(
+    models: Sequence[str], labels: Sequence[str], skips: Skips, say: Callable[[str], None]
+) -> list[LoadedModel]:
+    """Every model file that loads (a ``.pt`` converted on the fly); the others go to ``skips``."""
+    loaded: list[LoadedModel] = []
     with tempfile.TemporaryDirectory(prefix="wmel-jax-") as tmp:
-        for i, name in enumerate(opts.models):
+        for i, name in enumerate(models):
             try:
-                loaded.append((i, name, load_model_file(name, Path(tmp), say)))
+                loaded.append(LoadedModel(i, name, labels[i], load_model_file(name, Path(tmp), say)))
             except WmelError as e:
-                skip(name, str(e))
-    t_loaded = time.perf_counter()
+                skips.add(name, str(e))
+    return loaded
 
-    # The run's task: --env, else the task recorded at conversion.
+
+def resolve_task(env: str | None, loaded: Sequence[LoadedModel]) -> str:
+    """The run's task: ``env``, else the first task recorded at conversion; WmelError if none or unknown."""
     from wmel_jax.oracle import list_tasks
 
     supported = ", ".join(list_tasks())
-    task = opts.env
+    task = env
     if task is None:
-        recorded = [(name, m.task) for _, name, m in loaded if m.task]
+        recorded = [m.model.task for m in loaded if m.model.task]
         if not recorded:
-            multitask = [(name, m) for _, name, m in loaded if m.multitask]
+            multitask = [m for m in loaded if m.model.multitask]
             if multitask:
-                name, m = multitask[0]
+                m = multitask[0]
                 raise WmelError(
-                    f"{name} is a multitask model ({m.arch.num_tasks} tasks) and no task was chosen: "
+                    f"{m.name} is a multitask model ({m.model.arch.num_tasks} tasks) and no task was chosen: "
                     f"pass --env TASK (the oracle supports {supported})"
                 )
             raise WmelError(f"no task recorded in the model file(s): pass --env (one of {supported})")
-        task = recorded[0][1]
+        task = recorded[0]
     if task not in list_tasks():
         raise WmelError(f"unknown task {task!r}: the oracle supports {supported}")
+    return task
 
-    from wmel_jax.downstream import pair_downstream
 
-    downstream = pair_downstream(list(opts.models), opts.downstream, task)
+def select_models(
+    loaded: Sequence[LoadedModel],
+    task: str,
+    skips: Skips,
+    *,
+    env_given: bool,
+    requirement: Callable[[Any], None] | None = None,
+    inputs: Inputs = Inputs(),
+) -> Selection:
+    """The models that can be judged together on ``task``; the others go to ``skips``.
 
-    fitting = []
-    for i, name, model in loaded:
+    A model must fit the task (widths, multitask task list and action mask),
+    meet ``requirement`` (raises WmelError naming what it lacks, e.g. the
+    metric spaces asked for), not have been converted for another task (unless
+    ``--env`` picks a multitask model's task), and share the run's frame skip
+    and action set: those of the first fitting model, or ``inputs.actions``
+    (then every model is judged on that set). WmelError when none is left.
+    """
+    from wmel_jax.evaluate import check_model_fits
+
+    fitting: list[LoadedModel] = []
+    for m in loaded:
+        model = m.model
         try:
             converted_for = model.task is not None and model.task != task
             try:
                 check_model_fits(model, task)
-                model_spaces(model.arch, spaces)
+                if requirement is not None:
+                    requirement(model)
             except WmelError as e:
                 if converted_for and not model.multitask:
                     raise WmelError(f"{e} (it was converted for {model.task})") from None
                 raise
-            if opts.env is None and model.multitask and model.task is None:
+            if not env_given and model.multitask and model.task is None:
                 raise WmelError(f"multitask model ({model.arch.num_tasks} tasks) with no task chosen: pass --env")
-            if converted_for and (not model.multitask or opts.env is None):
+            if converted_for and (not model.multitask or not env_given):
                 raise WmelError(f"it was converted for {model.task}, not {task}")
         except WmelError as e:
-            skip(name, str(e))
+            skips.add(m.name, str(e))
         else:
-            fitting.append((i, name, model))
+            fitting.append(m)
 
     # Frame skip and action set are the models' (the oracle's answers depend on
     # them); a model that disagrees with the run's is skipped, not silently mixed.
-    frame_skip = next((m.frame_skip for _, _, m in fitting), 1)
-    actions = explicit_actions
-    action_source = f"file: {opts.actions}" if opts.actions else None
+    frame_skip = next((m.model.frame_skip for m in fitting), 1)
+    actions = inputs.actions
+    action_source = f"file: {inputs.actions_path}" if inputs.actions is not None else None
     if actions is None:
-        actions = next((m.action_set for _, _, m in fitting if m.action_set is not None), None)
+        actions = next((m.model.action_set for m in fitting if m.model.action_set is not None), None)
         action_source = "the checkpoint's" if actions is not None else (
             "the task's default set (the checkpoints have a continuous action space)"
         )
     kept = []
-    for i, name, model in fitting:
+    for m in fitting:
+        model = m.model
         if model.frame_skip != frame_skip:
-            skip(name, f"frame_skip {model.frame_skip} differs from this run's {frame_skip}; evaluate it separately")
+            skips.add(m.name, f"frame_skip {model.frame_skip} differs from this run's {frame_skip}; evaluate it separately")
         elif (
-            explicit_actions is None
+            inputs.actions is None
             and model.action_set is not None
             and not np.array_equal(np.asarray(model.action_set, np.float64), np.asarray(actions, np.float64))
         ):
-            skip(name, "its action set differs from this run's; evaluate it separately")
+            skips.add(m.name, "its action set differs from this run's; evaluate it separately")
         else:
-            kept.append((i, name, model))
-    fitting = kept
-    if not fitting:
-        reasons = "; ".join(f"{s['model']}: {s['reason']}" for s in skipped)
-        raise WmelError(f"no model could be evaluated ({reasons})")
-    if explicit_states is None:
-        # The oracle's kernel depends on the problem's shapes only: it compiles on a
-        # background thread while the states are sampled (oracle_targets waits for it).
-        precompile_oracle_targets(
-            task,
-            n_states=opts.n_states,
-            k_steps=opts.k_steps if explicit_sequence is None else explicit_sequence.shape[0],
-            actions=actions,
-            frame_skip=frame_skip,
-            precision=opts.precision,
-            chunk_states=opts.chunk_states,
-        )
-    problem = make_problem(
-        task,
-        actions,
-        n_states=opts.n_states,
-        k_steps=opts.k_steps,
-        seed=opts.seed,
-        frame_skip=frame_skip,
-        precision=opts.precision,
-        states=explicit_states,
-        action_sequence=explicit_sequence,
-    )
-    t_problem = time.perf_counter()
+            kept.append(m)
+    if not kept:
+        raise skips.none_left()
+    return Selection(task, frame_skip, actions, action_source, tuple(kept))
 
-    targets = oracle_targets(problem, opts.chunk_states)
-    cells = []
-    timings: dict[str, float] = {"load_s": t_loaded - t_start, "states_s": t_problem - t_loaded, **targets.timings}
-    timings["model_compile_s"] = 0.0
-    timings["model_run_s"] = 0.0
+
+def build_problem(
+    selection: Selection,
+    inputs: Inputs,
+    *,
+    n_states: int,
+    k_steps: int,
+    seed: int,
+    precision: str | None,
+    chunk_states: int,
+):
+    """The selection's :class:`~wmel_jax.evaluate.Problem`: the states (sampled or given), M2's actions.
+
+    When the states are sampled, the oracle's kernel (which depends on the
+    problem's shapes only) compiles on a background thread meanwhile.
+    """
+    if inputs.states is None:
+        precompile_oracle_targets(
+            selection.task,
+            n_states=n_states,
+            k_steps=k_steps if inputs.action_sequence is None else inputs.action_sequence.shape[0],
+            actions=selection.actions,
+            frame_skip=selection.frame_skip,
+            precision=precision,
+            chunk_states=chunk_states,
+        )
+    return make_problem(
+        selection.task,
+        selection.actions,
+        n_states=n_states,
+        k_steps=k_steps,
+        seed=seed,
+        frame_skip=selection.frame_skip,
+        precision=precision,
+        states=inputs.states,
+        action_sequence=inputs.action_sequence,
+    )
+
+
+def score_models(
+    problem,
+    selection: Selection,
+    downstream: Sequence[Any],
+    *,
+    spaces: tuple[str, ...],
+    chunk_states: int,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The oracle's answers once, then every selected model's cell; (cells, timings).
+
+    ``downstream``: each input model's pairing (or None), by input position.
+    """
+    from wmel_jax.report import make_cell
+
+    targets = oracle_targets(problem, chunk_states)
+    timings: dict[str, float] = {**targets.timings, "model_compile_s": 0.0, "model_run_s": 0.0}
     # States each architecture's kernel will see in this run (its compile options depend on it).
-    per_arch = Counter(model.arch for _, _, model in fitting)
-    for j, (i, name, model) in enumerate(fitting):
+    per_arch = Counter(m.model.arch for m in selection.models)
+    cells = []
+    for j, m in enumerate(selection.models):
         if progress:
-            progress(j, len(fitting), name)
+            progress(j, len(selection.models), m.name)
         values, t = model_metrics(
-            model, problem, targets, opts.chunk_states, total_states=problem.n_states * per_arch[model.arch],
+            m.model, problem, targets, chunk_states, total_states=problem.n_states * per_arch[m.model.arch],
             spaces=spaces,
         )
         timings["model_compile_s"] += t["model_compile_s"]
         timings["model_run_s"] += t["model_run_s"]
-        cells.append(make_cell(label[i], values, downstream[i], env=task))
+        cells.append(make_cell(m.label, values, downstream[m.index], env=problem.task))
     if progress:
-        progress(len(fitting), len(fitting), "")
-    timings["compile_s"] = timings["oracle_compile_s"] + timings["model_compile_s"]
-    timings["run_s"] = timings["oracle_run_s"] + timings["model_run_s"]
-    # Where compile_s went, summed over threads: tracing and lowering kernels
-    # (0 when read from the cache), XLA compiling them (or reading them back).
-    cache_after = kernel_cache.stats()
-    for name in ("trace_s", "xla_s"):
-        timings[name] = cache_after.get(name, 0.0) - cache_before.get(name, 0.0)
-    timings["total_s"] = time.perf_counter() - t_start
+        progress(len(selection.models), len(selection.models), "")
+    return cells, timings
 
-    config = {
-        "env": task,
+
+def run_config(problem, selection: Selection, *, seed: int, spaces: tuple[str, ...], states_path: str | None) -> dict:
+    """The report's ``config``: everything needed to rerun the evaluation."""
+    return {
+        "env": problem.task,
         "n_states": problem.n_states,
         "k_steps": problem.k_steps,
-        "seed": opts.seed,
+        "seed": seed,
         "frame_skip": problem.frame_skip,
         "precision": problem.precision,
         "action_set": problem.actions,
         "action_sequence": problem.action_sequence,
-        "action_set_source": action_source,
+        "action_set_source": selection.action_source,
         "metric_spaces_requested": list(spaces),
-        "states": "file: " + str(opts.states) if opts.states else "sampled (seeded random-action rollouts)",
+        "states": "file: " + str(states_path) if states_path else "sampled (seeded random-action rollouts)",
     }
-    from wmel_jax.evaluate import METRIC_SPACES
 
-    report = build_report(config, cells, skipped, timings, metric_spaces=METRIC_SPACES)
 
-    # Outputs last, each atomic: an error above leaves none of them behind.
+def write_outputs(report: Mapping[str, Any], problem, opts: EvalOptions) -> None:
+    """The run's files, each atomic, written last: an error before this leaves none behind."""
     if opts.save_states:
         save_array_file(opts.save_states, problem.states)
     if opts.output:
@@ -318,4 +436,72 @@ def run_eval(
         from wmel_jax.figure import plot_report
 
         plot_report(report, opts.figure)
+
+
+def run_eval(
+    opts: EvalOptions,
+    *,
+    say: Callable[[str], None] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate every model in ``opts.models``; returns the report dict (also written when asked).
+
+    The stages, in order: check the options and outputs, read the input
+    files, load the models, settle the task, pair the downstream files,
+    select the models that can be judged together, build the problem, score
+    every model against the oracle's answers (computed once), assemble the
+    report, write the outputs.
+    """
+    from wmel_jax import kernel_cache
+    from wmel_jax.downstream import pair_downstream
+    from wmel_jax.evaluate import METRIC_SPACES
+    from wmel_jax.report import build_report
+
+    say = say or (lambda msg: print(msg, file=sys.stderr))
+    t_start = time.perf_counter()
+    cache_before = kernel_cache.stats()
+
+    for out in (opts.output, opts.figure, opts.save_states):
+        if out:
+            check_writable(out)
+    labels = check_labels(opts.models, opts.labels)
+    spaces = requested_spaces(opts.metrics)
+    if opts.downstream and len(opts.downstream) != len(opts.models):
+        raise WmelError(
+            f"--downstream takes one file per model, in the same order: got {len(opts.downstream)} "
+            f"file(s) for {len(opts.models)} model(s)"
+        )
+    inputs = Inputs.read(opts.states, opts.action_sequence, opts.actions)
+
+    skips = Skips(len(opts.models))
+    loaded = load_models(opts.models, labels, skips, say)
+    t_loaded = time.perf_counter()
+    task = resolve_task(opts.env, loaded)
+    downstream = pair_downstream(list(opts.models), opts.downstream, task)
+    selection = select_models(
+        loaded, task, skips, env_given=opts.env is not None,
+        requirement=lambda model: model_spaces(model.arch, spaces), inputs=inputs,
+    )
+    problem = build_problem(
+        selection, inputs, n_states=opts.n_states, k_steps=opts.k_steps, seed=opts.seed,
+        precision=opts.precision, chunk_states=opts.chunk_states,
+    )
+    t_problem = time.perf_counter()
+    cells, run_timings = score_models(
+        problem, selection, downstream, spaces=spaces, chunk_states=opts.chunk_states, progress=progress,
+    )
+
+    timings: dict[str, float] = {"load_s": t_loaded - t_start, "states_s": t_problem - t_loaded, **run_timings}
+    timings["compile_s"] = timings["oracle_compile_s"] + timings["model_compile_s"]
+    timings["run_s"] = timings["oracle_run_s"] + timings["model_run_s"]
+    # Where compile_s went, summed over threads: tracing and lowering kernels
+    # (0 when read from the cache), XLA compiling them (or reading them back).
+    cache_after = kernel_cache.stats()
+    for name in ("trace_s", "xla_s"):
+        timings[name] = cache_after.get(name, 0.0) - cache_before.get(name, 0.0)
+    timings["total_s"] = time.perf_counter() - t_start
+
+    config = run_config(problem, selection, seed=opts.seed, spaces=spaces, states_path=opts.states)
+    report = build_report(config, cells, skips.items, timings, metric_spaces=METRIC_SPACES)
+    write_outputs(report, problem, opts)
     return report
