@@ -318,6 +318,16 @@ def test_a_model_without_a_decoder_cannot_plan_in_observation_space(tmp_path, ca
                        match="no observation decoder")
 
 
+def test_a_model_that_cannot_plan_is_skipped_beside_others(tmp_path, capsys, checkpoints, both_arms):
+    upstream = checkpoints.upstream(1, obs_dim=5, action_dim=1).converted
+    code, out, err = cpg_cli(GOOD, upstream, *small("--env", TASK, "-o", tmp_path / "out"), capsys=capsys)
+    assert code == 0, err
+    assert f"skipped {upstream}: no observation decoder" in err
+    assert os.listdir(tmp_path / "out") == [f"{Path(GOOD).stem}.cpg.json"]
+    doc = json.loads((tmp_path / "out" / f"{Path(GOOD).stem}.cpg.json").read_text())
+    assert doc["learned_full"]["results"] == both_arms["learned_full"]["results"]
+
+
 def test_missing_model_and_existing_output(tmp_path, capsys):
     _assert_user_error(capsys, tmp_path, tmp_path / "nope.safetensors", *small(), match="does not exist")
     existing = tmp_path / "taken.json"

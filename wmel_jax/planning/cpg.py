@@ -225,17 +225,6 @@ def _compiler_options(arm: str, config: PlannerConfig, chunk: int) -> dict[str, 
 # --------------------------------------------------------------------------- #
 
 
-@dataclasses.dataclass(frozen=True)
-class _Setting:
-    """The run's task, frame skip, action set and oracle (what the oracle arm depends on, with the planner)."""
-
-    task: str
-    frame_skip: int
-    actions: np.ndarray
-    action_source: str
-    oracle: Any
-
-
 def output_paths(output: str | os.PathLike, labels: Sequence[str]) -> list[Path]:
     """Where each model's report goes: ``output`` itself for one model, ``output/<stem>.cpg.json`` for several."""
     out = Path(output)
@@ -272,54 +261,13 @@ def _check_outputs(opts: CPGOptions, labels: Sequence[str]) -> list[Path]:
     return paths
 
 
-def _load_models(opts: CPGOptions, say: Callable[[str], None], workdir: Path) -> list[tuple[str, Any]]:
-    from wmel_jax.pipeline import load_model_file
-
-    return [(name, load_model_file(name, workdir, say)) for name in opts.models]
-
-
-def _resolve_setting(opts: CPGOptions, loaded: Sequence[tuple[str, Any]]) -> _Setting:
-    from wmel_jax.evaluate import model_task_index
-    from wmel_jax.oracle import list_tasks, make_oracle
-
-    task = opts.env
-    if task is None:
-        recorded = [m.task for _, m in loaded if m.task]
-        if not recorded:
-            raise WmelError(f"no task recorded in the model file(s): pass --env (one of {', '.join(list_tasks())})")
-        task = recorded[0]
-    if task not in list_tasks():
-        raise WmelError(f"unknown task {task!r}: the oracle supports {', '.join(list_tasks())}")
-    success_threshold(task)
-    for name, model in loaded:
-        if not model.arch.has_decoder:
-            raise WmelError(
-                f"{name}: no observation decoder (an upstream TD-MPC2 agent checkpoint predicts latents only), "
-                "so the observation-space planners cannot plan with it; a latent-space planner is a later issue"
-            )
-        try:
-            model_task_index(model, task)
-        except WmelError as e:
-            converted = f" (it was converted for {model.task})" if model.task and model.task != task else ""
-            raise WmelError(f"{name}: {e}{converted}") from None
-        if model.task is not None and model.task != task and not model.multitask:
-            raise WmelError(f"{name}: it was converted for {model.task}, not {task}")
-    frame_skips = {m.frame_skip for _, m in loaded}
-    if len(frame_skips) > 1:
-        raise WmelError(f"the models have different frame skips ({sorted(frame_skips)}): the oracle arm is shared, "
-                        "so run them separately")
-    frame_skip = frame_skips.pop()
-    sets = [np.asarray(m.action_set, np.float64) for _, m in loaded if m.action_set is not None]
-    if any(s.shape != sets[0].shape or not np.array_equal(s, sets[0]) for s in sets[1:]):
-        raise WmelError("the models have different action sets: the oracle arm is shared, so run them separately")
-    from wmel_jax.oracle import DEFAULT_PRECISION
-
-    oracle = make_oracle(task, frame_skip=frame_skip, precision=opts.precision or DEFAULT_PRECISION)
-    if sets:
-        actions, source = oracle.validate_actions(sets[0], "action set row"), "the checkpoint's"
-    else:
-        actions, source = np.asarray(oracle.actions, np.float64), "the task's default set"
-    return _Setting(task, frame_skip, actions, source, oracle)
+def require_observation_map(model: Any) -> None:
+    """WmelError unless the model has the observation map the planners roll (an observation decoder)."""
+    if not model.arch.has_decoder:
+        raise WmelError(
+            "no observation decoder (an upstream TD-MPC2 agent checkpoint predicts latents only), so the "
+            "observation-space planners cannot plan with it; a latent-space planner is a later issue"
+        )
 
 
 def run_cpg(
@@ -339,6 +287,9 @@ def run_cpg(
 
     from wmel_jax.oracle.base import precision_scope
 
+    from wmel_jax.oracle import DEFAULT_PRECISION, make_oracle
+    from wmel_jax.pipeline import Skips, check_labels, load_models, resolve_task, select_models
+
     say = say or (lambda msg: print(msg, file=sys.stderr))
     t_start = time.perf_counter()
     config = opts.planner_config()
@@ -347,17 +298,25 @@ def run_cpg(
     chunk = _check_int(opts.chunk_episodes, "--chunk-episodes")
     seed = _check_int(opts.seed, "--seed", 0, 2**32 - 1)
     arms = parse_arms(opts.arms)
-    if not opts.models:
-        raise WmelError("give at least one model")
-    if opts.labels is not None and len(opts.labels) != len(opts.models):
-        raise WmelError(f"{len(opts.labels)} labels for {len(opts.models)} models")
-    labels = [str(x) for x in (opts.labels if opts.labels is not None else opts.models)]
+    labels = check_labels(opts.models, opts.labels)
     paths = _check_outputs(opts, labels)
 
-    with tempfile.TemporaryDirectory(prefix="wmel-jax-") as tmp:
-        loaded = _load_models(opts, say, Path(tmp))
-    setting = _resolve_setting(opts, loaded)
-    oracle = setting.oracle
+    # The pipeline's stages, as eval runs them: a model that cannot plan is skipped with its
+    # reason while the others run (with one model, its reason is the error).
+    skips = Skips(len(opts.models))
+    loaded = load_models(opts.models, labels, skips, say)
+    task = resolve_task(opts.env, loaded)
+    success_threshold(task)
+    selection = select_models(loaded, task, skips, env_given=opts.env is not None,
+                              requirement=require_observation_map)
+    for item in skips.items:
+        say(f"skipped {item['model']}: {item['reason']}")
+    oracle = make_oracle(task, frame_skip=selection.frame_skip, precision=opts.precision or DEFAULT_PRECISION)
+    if selection.actions is not None:
+        actions = oracle.validate_actions(selection.actions, "action set row")
+    else:
+        actions = np.asarray(oracle.actions, np.float64)
+    selected = selection.models
     t_loaded = time.perf_counter()
 
     with precision_scope(oracle.precision):
@@ -370,23 +329,23 @@ def run_cpg(
 
         oracle_result = None
         if "oracle" in arms:
-            oracle_result = run_arm(_oracle_arm_kernel(oracle, config), None, None, start, seed, setting.actions,
+            oracle_result = run_arm(_oracle_arm_kernel(oracle, config), None, None, start, seed, actions,
                                     horizon, chunk, dtype=oracle.dtype,
                                     compiler_options=_compiler_options("oracle", config, min(chunk, n)),
                                     progress=arm_progress("oracle arm"))
         learned: list[ArmResult | None] = []
-        for label, (_, model) in zip(labels, loaded):
+        for m in selected:
             if "learned" not in arms:
                 learned.append(None)
                 continue
             from wmel_jax.evaluate import model_task_index
 
-            index = model_task_index(model, setting.task)
+            index = model_task_index(m.model, task)
             task_arg = None if index is None else jax.numpy.asarray(index, jax.numpy.int32)
-            learned.append(run_arm(_learned_arm_kernel(model.arch, oracle, config), model.params, task_arg, start,
-                                   seed, setting.actions, horizon, chunk, dtype=oracle.dtype,
+            learned.append(run_arm(_learned_arm_kernel(m.model.arch, oracle, config), m.model.params, task_arg,
+                                   start, seed, actions, horizon, chunk, dtype=oracle.dtype,
                                    compiler_options=_compiler_options("learned", config, min(chunk, n)),
-                                   progress=arm_progress(f"learned arm {label}")))
+                                   progress=arm_progress(f"learned arm {m.label}")))
     t_done = time.perf_counter()
 
     run_config = {
@@ -395,29 +354,29 @@ def run_cpg(
         "benchmark_horizon": horizon,
         "seed": seed,
         "arms": list(arms),
-        "env": setting.task,
-        "frame_skip": setting.frame_skip,
+        "env": task,
+        "frame_skip": selection.frame_skip,
         "precision": oracle.precision,
-        "action_set": setting.actions.tolist(),
-        "action_set_source": setting.action_source,
-        "success_threshold": success_threshold(setting.task),
+        "action_set": actions.tolist(),
+        "action_set_source": selection.action_source,
+        "success_threshold": success_threshold(task),
         "success_reward": "the task's true reward of each env step (mean over its frame_skip physics steps)",
         "start_states": "the task's reset distribution; episode k of seed s from a key that is a pure function of "
                         "(s, k), shared by both arms",
         "chunk_episodes": min(chunk, n),
     }
     reports = []
-    for label, (name, model), result in zip(labels, loaded, learned):
+    for m, result in zip(selected, learned):
         timings = {"load_s": t_loaded - t_start, "total_s": t_done - t_start}
         for arm, r in (("oracle", oracle_result), ("learned", result)):
             if r is not None:
                 timings[f"{arm}_compile_s"] = r.compile_s
                 timings[f"{arm}_run_s"] = r.run_s
-        reports.append(_report(label, model, run_config, config, oracle_result, result, timings))
+        reports.append(_report(m.label, m.model, run_config, config, oracle_result, result, timings))
 
     # Outputs last: nothing is written unless everything above succeeded.
     if paths:
-        _write_all(dict(zip(paths, reports)))
+        _write_all({paths[m.index]: r for m, r in zip(selected, reports)})
     if opts.figure:
         from wmel_jax.planning.figure import plot_cpg
 
