@@ -119,6 +119,7 @@ def _toy_host_loop(kind: str, start: np.ndarray, seed: int, horizon: int) -> lis
     score = lambda obs: jnp.abs(obs[:, 0] - 3.0) + 0.25 * jnp.abs(obs[:, 1])  # noqa: E731
     planner = jax.jit(lambda key, obs, left: P.plan(key[None], step, score, obs[None], left[None],
                                                     jnp.asarray(TOY_ACTIONS), config), compiler_options=TOY_FAST)
+    env_step = jax.jit(lambda obs, a: env.step_reward(obs[None], a[None]), compiler_options=TOY_FAST)
     root = jax.random.fold_in(jax.random.key(seed), 1)
     out = []
     for k, obs in enumerate(start):
@@ -129,7 +130,7 @@ def _toy_host_loop(kind: str, start: np.ndarray, seed: int, horizon: int) -> lis
             if int(chosen.length[0]) == 0:
                 break
             for t in range(int(chosen.length[0])):
-                nxt, reward = env.step_reward(obs[None], jnp.asarray(TOY_ACTIONS)[chosen.actions[0, t]][None])
+                nxt, reward = env_step(obs, jnp.asarray(TOY_ACTIONS)[chosen.actions[0, t]])
                 obs, steps = nxt[0], steps + 1
                 if float(reward[0]) >= 0.5:
                     success = True
@@ -150,6 +151,22 @@ def test_results_do_not_depend_on_how_many_episodes_are_in_flight(kind):
                        compiler_options=TOY_FAST)
         assert list(zip(r.success.tolist(), r.steps.tolist(), r.plan_calls.tolist())) == want, chunk
         assert r.slot_rounds == int(r.plan_calls.sum()) and r.slot_rounds <= r.rounds * r.chunk
+
+
+@pytest.mark.parametrize("kind", ["random-shooting", "cem"])
+def test_an_arm_planning_with_its_env_executes_its_own_predictions(kind):
+    """dynamics_is_env (the oracle arm) reads the executed prefix from the planner: the same episodes as stepping the env."""
+    env = ToyEnv()
+    score = lambda obs: jnp.abs(obs[:, 0] - 3.0) + 0.25 * jnp.abs(obs[:, 1])  # noqa: E731
+    config = C.PlannerConfig(kind, horizon=4, candidates=3, iterations=2, samples=3, elites=1)
+    stepping = EP.episode_kernel(env, lambda p, t: (lambda o, a: env.step_reward(o, a)[0]), score, config, 0.5)
+    reading = EP.episode_kernel(env, None, score, config, 0.5, dynamics_is_env=True)
+    start = np.random.default_rng(1).integers(-6, 7, (6, 2)).astype(np.float64)
+    a, b = (EP.run_arm(k, None, None, start, 2, TOY_ACTIONS, 9, 4, dtype=np.float64, compiler_options=TOY_FAST)
+            for k in (stepping, reading))
+    assert a.success.tolist() == b.success.tolist() and a.steps.tolist() == b.steps.tolist()
+    assert a.plan_calls.tolist() == b.plan_calls.tolist() and a.rounds == b.rounds
+    assert 0 < a.success.sum() < 6
 
 
 def test_an_empty_plan_ends_the_episode():

@@ -178,10 +178,9 @@ def _task_score(oracle: Any) -> Callable:
 
 @functools.lru_cache(maxsize=None)
 def _oracle_arm_kernel(oracle: Any, config: PlannerConfig) -> Callable:
-    def dynamics(params, task):
-        return oracle.step
-
-    return episode_kernel(oracle, dynamics, _task_score(oracle), config, success_threshold(oracle.task))
+    # The oracle plans with the env itself: its plans execute from its own predictions.
+    return episode_kernel(oracle, None, _task_score(oracle), config, success_threshold(oracle.task),
+                          dynamics_is_env=True)
 
 
 @functools.lru_cache(maxsize=None)

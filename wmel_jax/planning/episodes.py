@@ -169,6 +169,47 @@ def start_states(oracle: Any, seed: int, n: int) -> np.ndarray:
     return np.concatenate(blocks)[:n]
 
 
+def _execute(env, chosen, s: Slots, executing, actions, config: PlannerConfig, frame_skip: int, threshold: float):
+    """Each executing slot's plan prefix, open loop in the env: (obs, steps, success) after it.
+
+    A ``lax.while_loop`` over plan steps t: slot e steps while t < its
+    length, until its first success; the loop ends when no slot steps.
+    """
+
+    def go(carry):
+        t, _, _, _, moving = carry
+        return (t < config.horizon) & jnp.any(moving)
+
+    def env_step(carry):
+        t, obs, steps, success, executing = carry
+        moving = executing & (t < chosen.length)
+        nxt, reward = env.step_reward(obs, actions[chosen.actions[:, t]])
+        obs = jnp.where(moving[:, None], nxt, obs)
+        hit = moving & (reward / frame_skip >= threshold)
+        return t + 1, obs, steps + moving, success | hit, moving & ~hit
+
+    start = (jnp.int32(0), s.obs, s.steps, jnp.zeros_like(executing), executing)
+    _, obs, steps, success, _ = jax.lax.while_loop(go, env_step, start)
+    return obs, steps, success
+
+
+def _execute_recorded(chosen, s: Slots, running, frame_skip: int, threshold: float):
+    """The prefix of each running slot, read from the planner's own predictions of it (env = dynamics).
+
+    The episode ends at the first step whose reward reaches the threshold, else
+    after the whole prefix; the state after the last step taken is the slot's
+    new observation.
+    """
+    t = jnp.arange(chosen.actions.shape[1])
+    hits = (t < chosen.length[:, None]) & (chosen.recorded.reward / frame_skip >= threshold)
+    success = running & jnp.any(hits, axis=1)
+    taken = jnp.where(success, jnp.argmax(hits, axis=1) + 1, chosen.length) * running  # (E,) steps this round
+    last = jnp.clip(taken - 1, 0, t.size - 1)
+    reached = jnp.take_along_axis(chosen.recorded.obs, last[:, None, None], axis=1)[:, 0]
+    obs = jnp.where((taken > 0)[:, None], reached.astype(s.obs.dtype), s.obs)
+    return obs, s.steps + taken.astype(jnp.int32), success
+
+
 def episode_kernel(
     env: Any,
     dynamics: Callable[[Any, Any], Callable],
@@ -176,22 +217,29 @@ def episode_kernel(
     config: PlannerConfig,
     threshold: float,
     rounds_per_call: int = ROUNDS_PER_CALL,
+    dynamics_is_env: bool = False,
 ) -> Callable:
     """The kernel that advances a run by up to ``rounds_per_call`` plan rounds.
 
-    env: the task's oracle (the true simulator the episodes run in);
-    dynamics(params, task) -> step(obs (B, obs_dim), action (B, action_dim))
-    -> (B, obs_dim): what the planner rolls candidates through (the oracle's
-    step, or a model's observation map with its params); score: the task's
-    score of an observation batch. Returns ``kernel(params, task, run, start_obs,
-    seed, actions, horizon) -> run`` (params and task may be None), pure: one
-    compilation serves every checkpoint of an architecture.
+    env: the task's oracle (the true simulator the episodes run in, its
+    ``step_reward``); dynamics(params, task) -> step(obs (B, obs_dim), action
+    (B, action_dim)) -> (B, obs_dim): what the planner rolls candidates
+    through (a model's observation map with its params); score: the task's
+    score of an observation batch. Returns ``kernel(params, task, run,
+    start_obs, seed, actions, horizon) -> run`` (params and task may be None),
+    pure: one compilation serves every checkpoint of an architecture.
+
+    ``dynamics_is_env`` (the oracle arm): the planner rolls candidates through
+    the env itself (``dynamics`` is ignored), so executing the chosen prefix
+    would recompute, step for step, the states and rewards the planner
+    already predicted for it: the kernel reads them from the planner instead
+    (the same function of the same inputs; the physics is compiled once).
     """
     frame_skip = env.frame_skip
 
     def kernel(params, task, run: Episodes, start_obs, seed, actions, horizon):
         n = start_obs.shape[0]
-        step = dynamics(params, task)
+        step = env.step_reward if dynamics_is_env else dynamics(params, task)
         plan_root = jax.random.fold_in(jax.random.key(seed), _PLAN_STREAM)
 
         def plan_key(episode, call):
@@ -201,27 +249,14 @@ def episode_kernel(
             s = run.slots
             running = s.episode >= 0
             keys = jax.vmap(plan_key)(jnp.maximum(s.episode, 0), s.plan_calls)
-            chosen = plan(keys, step, score, s.obs, horizon - s.steps, actions, config)
+            chosen = plan(keys, step, score, s.obs, horizon - s.steps, actions, config, record=dynamics_is_env)
             plan_calls = s.plan_calls + running
             empty = chosen.length == 0
-
-            # The prefix, open loop, in the true simulator: slot e steps while t < its length.
-            def go(carry):
-                t, _, _, _, executing = carry
-                return (t < config.horizon) & jnp.any(executing)
-
-            def env_step(carry):
-                t, obs, steps, success, executing = carry
-                moving = executing & (t < chosen.length)
-                action = actions[chosen.actions[:, t]]
-                nxt, reward = env.step_reward(obs, action)
-                obs = jnp.where(moving[:, None], nxt, obs)
-                steps = steps + moving
-                hit = moving & (reward / frame_skip >= threshold)
-                return t + 1, obs, steps, success | hit, moving & ~hit
-
-            start = (jnp.int32(0), s.obs, s.steps, jnp.zeros_like(running), running & ~empty)
-            _, obs, steps, success, _ = jax.lax.while_loop(go, env_step, start)
+            if dynamics_is_env:
+                obs, steps, success = _execute_recorded(chosen, s, running, frame_skip, threshold)
+            else:
+                obs, steps, success = _execute(env, chosen, s, running & ~empty, actions, config, frame_skip,
+                                               threshold)
             ended = running & (success | (steps >= horizon) | empty)
 
             # Results of the episodes that ended (index n: dropped).

@@ -51,6 +51,7 @@ __all__ = [
     "PLANNERS",
     "PlannerConfig",
     "Plan",
+    "Recorded",
     "RandomShootingTrace",
     "CEMTrace",
     "rollout_scores",
@@ -128,12 +129,22 @@ class PlannerConfig:
                 "num_elites": self.elites, "smoothing": self.smoothing, "plan_horizon": self.horizon}
 
 
+class Recorded(NamedTuple):
+    """Predicted states and rewards along candidates: obs (..., T, obs_dim), reward (..., T)."""
+
+    obs: jax.Array
+    reward: jax.Array
+
+
 class Plan(NamedTuple):
     """A plan per episode. actions: (E, horizon) int32 indices into the action set;
-    length: (E,) int32, the prefix to execute (1..H; 0: empty plan, nothing had a finite value)."""
+    length: (E,) int32, the prefix to execute (1..H; 0: empty plan, nothing had a finite value);
+    recorded: with ``record=True``, the chosen candidate's predicted states and rewards
+    (:class:`Recorded`, (E, horizon, ...)), else None."""
 
     actions: jax.Array
     length: jax.Array
+    recorded: Recorded | None = None
 
 
 class RandomShootingTrace(NamedTuple):
@@ -166,27 +177,38 @@ def _plan_length(config: PlannerConfig, steps_left: jax.Array) -> jax.Array:
     return jnp.clip(jnp.asarray(steps_left, jnp.int32), 1, config.horizon)
 
 
-def rollout_scores(step: Step, score: Score, obs: jax.Array, candidates: jax.Array, actions: jax.Array) -> jax.Array:
+def rollout_scores(step: Step, score: Score, obs: jax.Array, candidates: jax.Array, actions: jax.Array,
+                   record: bool = False) -> Any:
     """The score of every predicted state of every candidate.
 
     obs: (E, obs_dim); candidates: (E, C, T) int indices into ``actions`` (A,
     action_dim). Each candidate is rolled from its episode's observation, the
     dynamics fed its own predictions. Returns (E, C, T): entry t scores the
     state after actions 0..t. The E * C rollouts are one batch per step.
+
+    ``record``: ``step`` returns ``(next_obs, reward)`` and the result is
+    ``(scores, Recorded(obs (E, C, T, obs_dim), reward (E, C, T)))``, every
+    predicted state and reward (for an arm whose dynamics is its env).
     """
     e, c, t = candidates.shape
     flat = candidates.reshape(e * c, t)
     x0 = jnp.repeat(obs, c, axis=0)
     # Carried in the dynamics' own dtype (a float32 model fed float64 observations): one call site
     # of the dynamics, inside the scan, so its program is compiled once.
-    x0 = x0.astype(jax.eval_shape(step, x0, actions[flat[:, 0]]).dtype)
+    probe = jax.eval_shape(step, x0, actions[flat[:, 0]])
+    x0 = x0.astype((probe[0] if record else probe).dtype)
 
     def body(x, idx):
-        nxt = step(x, actions[idx])
-        return nxt, score(nxt)
+        out = step(x, actions[idx])
+        nxt = out[0] if record else out
+        return nxt, (score(nxt), out if record else None)
 
-    _, scores = jax.lax.scan(body, x0, flat.T)  # (T, E * C)
-    return scores.T.reshape(e, c, t)
+    _, (scores, kept) = jax.lax.scan(body, x0, flat.T)  # (T, E * C)
+    scores = scores.T.reshape(e, c, t)
+    if not record:
+        return scores
+    states, rewards = kept  # (T, E * C, obs_dim), (T, E * C)
+    return scores, Recorded(jnp.moveaxis(states, 0, 1).reshape(e, c, t, -1), rewards.T.reshape(e, c, t))
 
 
 def value_and_cut(scores: jax.Array, length: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -237,12 +259,14 @@ def random_shooting(
     actions: jax.Array,
     config: PlannerConfig,
     candidates: jax.Array | None = None,
+    record: bool = False,
 ) -> tuple[Plan, RandomShootingTrace]:
     """Random-shooting MPC for a batch of episodes.
 
     key: (E,) PRNG keys; obs: (E, obs_dim); steps_left: (E,) int; actions: (A,
     action_dim). candidates: (E, C, horizon) int indices to use instead of
     drawing ``config.candidates`` sequences uniformly from the action set.
+    record: see :func:`rollout_scores` (the plan then carries the chosen candidate's predictions).
     """
     e = obs.shape[0]
     if candidates is None:
@@ -251,9 +275,12 @@ def random_shooting(
         )(key)
     candidates = jnp.asarray(candidates, jnp.int32)
     length = _plan_length(config, steps_left)
-    values, cuts = value_and_cut(rollout_scores(step, score, obs, candidates, actions), length[:, None])
+    rolled = rollout_scores(step, score, obs, candidates, actions, record)
+    scores, recorded = rolled if record else (rolled, None)
+    values, cuts = value_and_cut(scores, length[:, None])
     chosen, ok = choose(values)
-    plan = Plan(_take(candidates, chosen), jnp.where(ok, _take(cuts, chosen), 0).astype(jnp.int32))
+    kept = None if recorded is None else Recorded(_take(recorded.obs, chosen), _take(recorded.reward, chosen))
+    plan = Plan(_take(candidates, chosen), jnp.where(ok, _take(cuts, chosen), 0).astype(jnp.int32), kept)
     assert plan.actions.shape == (e, candidates.shape[2])
     return plan, RandomShootingTrace(candidates, values, cuts, chosen)
 
@@ -279,12 +306,14 @@ def cem(
     actions: jax.Array,
     config: PlannerConfig,
     candidates: jax.Array | None = None,
+    record: bool = False,
 ) -> tuple[Plan, CEMTrace]:
     """Cross-entropy-method MPC for a batch of episodes.
 
     key: (E,) PRNG keys; obs: (E, obs_dim); steps_left: (E,) int; actions: (A,
     action_dim). candidates: (E, iterations, samples, horizon) int indices to
     use instead of drawing each iteration's from its distribution.
+    record: see :func:`rollout_scores` (the plan then carries the best candidate's predictions).
     """
     e = obs.shape[0]
     n_actions = actions.shape[0]
@@ -302,11 +331,13 @@ def cem(
         return jax.random.categorical(k, jnp.log(probs), axis=-1, shape=(config.samples, config.horizon)).astype(jnp.int32)
 
     def iteration(carry, xs):
-        probs, best_value, best_plan, best_length = carry
+        probs, best_value, best_plan, best_length, best_recorded = carry
         k, cand = xs
         if cand is None:
             cand = jax.vmap(draw)(k, probs)  # (E, S, T)
-        values, cuts = value_and_cut(rollout_scores(step, score, obs, cand, actions), length[:, None])
+        rolled = rollout_scores(step, score, obs, cand, actions, record)
+        scores, recorded = rolled if record else (rolled, None)
+        values, cuts = value_and_cut(scores, length[:, None])
         order = jnp.argsort(jnp.where(jnp.isnan(values), jnp.inf, values), axis=-1, stable=True).astype(jnp.int32)
         top = order[:, 0]
         top_value = _take(values, top)
@@ -314,21 +345,33 @@ def cem(
         best_value = jnp.where(improved, top_value, best_value)
         best_plan = jnp.where(improved[:, None], _take(cand, top), best_plan)
         best_length = jnp.where(improved, _take(cuts, top), best_length)
+        if record:
+            best_recorded = Recorded(
+                jnp.where(improved[:, None, None], _take(recorded.obs, top), best_recorded.obs),
+                jnp.where(improved[:, None], _take(recorded.reward, top), best_recorded.reward),
+            )
         elites = jnp.take_along_axis(cand, order[:, : config.elites, None], axis=1)  # (E, K, T)
         probs = cem_refit(elites, n_actions, config.smoothing, dtype)
         out = (cand, values, cuts, order, probs, best_value, best_length)
-        return (probs, best_value, best_plan, best_length), out
+        return (probs, best_value, best_plan, best_length, best_recorded), out
 
+    no_record = None
+    if record:
+        # The best candidate's predictions start as zeros (never read: length 0 executes nothing).
+        shapes = jax.eval_shape(step, obs, actions[jnp.zeros((e,), jnp.int32)])
+        no_record = Recorded(jnp.zeros((e, config.horizon) + shapes[0].shape[1:], shapes[0].dtype),
+                             jnp.zeros((e, config.horizon), shapes[1].dtype))
     init = (
         probs0,
         jnp.full((e,), jnp.inf, dtype),
         jnp.zeros((e, config.horizon), jnp.int32),
         jnp.zeros((e,), jnp.int32),
+        no_record,
     )
-    (_, _, best_plan, best_length), per_iter = jax.lax.scan(
+    (_, _, best_plan, best_length, best_recorded), per_iter = jax.lax.scan(
         iteration, init, (keys, given), length=config.iterations)
     trace = CEMTrace(*(jnp.swapaxes(x, 0, 1) for x in per_iter))
-    return Plan(best_plan, best_length.astype(jnp.int32)), trace
+    return Plan(best_plan, best_length.astype(jnp.int32), best_recorded), trace
 
 
 def plan(
@@ -340,7 +383,8 @@ def plan(
     actions: jax.Array,
     config: PlannerConfig,
     candidates: jax.Array | None = None,
+    record: bool = False,
 ) -> Plan:
     """The configured planner's plan (see :func:`random_shooting`, :func:`cem`)."""
     fn = random_shooting if config.kind == "random-shooting" else cem
-    return fn(key, step, score, obs, steps_left, actions, config, candidates)[0]
+    return fn(key, step, score, obs, steps_left, actions, config, candidates, record)[0]
