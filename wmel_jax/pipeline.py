@@ -89,6 +89,9 @@ class EvalOptions:
     #: Metric spaces to compute ("observation", "latent", "reward"; a comma-separated
     #: string or a sequence; None or "all": every space the model has).
     metrics: str | Sequence[str] | None = None
+    #: Pair each model with its downstream gap computed in this run (``eval --cpg``): a
+    #: ``wmel_jax.planning.cpg.CPGOptions`` (its models are this run's), instead of ``downstream`` files.
+    cpg: Any = None
 
 
 def read_array_file(path: str | os.PathLike, what: str) -> np.ndarray:
@@ -477,7 +480,15 @@ def run_eval(
     loaded = load_models(opts.models, labels, skips, say)
     t_loaded = time.perf_counter()
     task = resolve_task(opts.env, loaded)
-    downstream = pair_downstream(list(opts.models), opts.downstream, task)
+    if opts.cpg is not None:
+        from wmel_jax.planning.cpg import cpg_downstream
+
+        if opts.downstream:
+            raise WmelError("--cpg computes the downstream gap: give it or --downstream files, not both")
+        cpg_opts = dataclasses.replace(opts.cpg, models=list(opts.models), labels=labels, env=task)
+        downstream = cpg_downstream(cpg_opts, say=say, progress=progress)
+    else:
+        downstream = pair_downstream(list(opts.models), opts.downstream, task)
     selection = select_models(
         loaded, task, skips, env_given=opts.env is not None,
         requirement=lambda model: model_spaces(model.arch, spaces), inputs=inputs,

@@ -16,15 +16,17 @@ from typing import Callable
 CACHE_ENV = "WMEL_JAX_CACHE_DIR"
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+def add_runtime_arguments(parser: argparse.ArgumentParser, *, chunk_states: bool = True) -> None:
+    """--precision, --chunk-states (unless ``chunk_states`` is False: a command chunking otherwise), the cache."""
     parser.add_argument(
         "--precision", choices=("float64", "float32"), default=None,
         help="the oracle's floating point precision (default float64: see README, 'Precision')",
     )
-    parser.add_argument(
-        "--chunk-states", type=int, default=4096, metavar="C",
-        help="states per kernel call; bounds memory for large N (default 4096)",
-    )
+    if chunk_states:
+        parser.add_argument(
+            "--chunk-states", type=int, default=4096, metavar="C",
+            help="states per kernel call; bounds memory for large N (default 4096)",
+        )
     parser.add_argument(
         "--cache-dir", metavar="DIR",
         help=f"cache of traced kernels (DIR/kernels) and of XLA's compiled programs (DIR/xla), so that "
@@ -70,7 +72,7 @@ def configure_runtime(args: argparse.Namespace) -> None:
 
     from wmel_jax.oracle import DEFAULT_PRECISION
 
-    if args.chunk_states < 1:
+    if getattr(args, "chunk_states", 1) < 1:
         from wmel_jax.errors import WmelError
 
         raise WmelError(f"--chunk-states must be a positive int; got {args.chunk_states}")

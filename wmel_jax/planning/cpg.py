@@ -42,7 +42,6 @@ import numpy as np
 from wmel_jax.errors import WmelError
 from wmel_jax.planning import stats as S
 from wmel_jax.planning.episodes import (
-    DEFAULT_CHUNK_EPISODES,
     MAX_HORIZON,
     ArmResult,
     episode_kernel,
@@ -61,6 +60,7 @@ __all__ = [
     "observation_map",
     "parse_arms",
     "run_cpg",
+    "cpg_downstream",
     "format_cpg_table",
     "output_paths",
 ]
@@ -100,8 +100,8 @@ class CPGOptions:
     elites: int = 6
     smoothing: float = 0.1
     precision: str | None = None
-    #: Episodes in flight per kernel call (bounds memory).
-    chunk_episodes: int = DEFAULT_CHUNK_EPISODES
+    #: Episodes in flight per kernel call (bounds memory; None: 64 on CPU, 1,024 on accelerators).
+    chunk_episodes: int | None = None
 
     def planner_config(self) -> PlannerConfig:
         return PlannerConfig(self.planner, self.plan_horizon, self.candidates, self.iterations, self.samples,
@@ -280,8 +280,45 @@ def run_cpg(
     ``progress(done, total, label)`` is called between kernel calls (plan
     rounds) with the episodes ended so far. User mistakes raise WmelError
     before anything runs; outputs are written only once everything has been
-    computed, each atomically, all renamed into place together.
+    computed, each atomically, all renamed into place together. A model that
+    cannot plan (no decoder, another task) is skipped with its reason beside
+    the others (with one model, its reason is the error).
     """
+    return [report for _, report in _run(opts, say, progress)[0]]
+
+
+def cpg_downstream(opts: CPGOptions, *, say: Callable[[str], None] | None = None,
+                   progress: Callable[[int, int, str], None] | None = None) -> list[Any]:
+    """The CPG of each model of ``opts`` as eval's downstream pairing: one Downstream (or None) per input model.
+
+    ``eval --cpg``: both arms always; a model the planners cannot use gets
+    None (its cell is unpaired) while the others are paired.
+    """
+    from wmel_jax.downstream import Downstream
+
+    opts = dataclasses.replace(opts, arms=ARMS)
+    pairs, paths = _run(opts, say, progress)
+    out: list[Any] = [None] * len(opts.models)
+    for index, report in pairs:
+        cpg = report["cpg"]
+        training = report["training"]
+        out[index] = Downstream(
+            path=str(paths[index]) if paths else "wmel-jax cpg (this run)",
+            environment=report["environment"],
+            gap=float(cpg["gap"]),
+            verdict=cpg["verdict"],
+            oracle_success_rate=cpg["oracle_success_rate"],
+            learned_success_rate=cpg["learned_success_rate"],
+            model_size=training.get("tdmpc2_model_size"),
+            seed=report["seed"],
+            training_steps=training.get("training_steps"),
+        )
+    return out
+
+
+def _run(opts: CPGOptions, say: Callable[[str], None] | None, progress: Callable[[int, int, str], None] | None
+         ) -> tuple[list[tuple[int, dict[str, Any]]], list[Path]]:
+    """(input index and report of each model that planned, the output paths by input index)."""
     import jax
 
     from wmel_jax.oracle.base import precision_scope
@@ -294,7 +331,10 @@ def run_cpg(
     config = opts.planner_config()
     n = _check_int(opts.episodes, "--episodes")
     horizon = _check_int(opts.horizon, "--horizon", 1, MAX_HORIZON)
-    chunk = _check_int(opts.chunk_episodes, "--chunk-episodes")
+    from wmel_jax.planning.episodes import default_chunk_episodes
+
+    chunk = _check_int(default_chunk_episodes() if opts.chunk_episodes is None else opts.chunk_episodes,
+                       "--chunk-episodes")
     seed = _check_int(opts.seed, "--seed", 0, 2**32 - 1)
     arms = parse_arms(opts.arms)
     labels = check_labels(opts.models, opts.labels)
@@ -380,7 +420,7 @@ def run_cpg(
         from wmel_jax.planning.figure import plot_cpg
 
         plot_cpg(reports, opts.figure)
-    return reports
+    return [(m.index, r) for m, r in zip(selected, reports)], paths
 
 
 def _write_all(outputs: Mapping[Path, Mapping[str, Any]]) -> None:
