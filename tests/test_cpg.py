@@ -67,14 +67,12 @@ def test_oracle_arm_replays_the_reference_loop_with_the_same_candidates(both_arm
     """
     oracle = wmel_jax.make_oracle(TASK)
     start = EP.start_states(oracle, 0, N)
-    root = jax.random.fold_in(jax.random.key(0), 1)
     score = R.task_score(TASK)
     planner = RP.RandomShooting(RP.oracle_dynamics(TASK), score, R.default_actions(TASK))
     results = both_arms["oracle_full"]["results"]
     for k in range(N):
         def candidates(call, k=k):
-            key = jax.random.fold_in(jax.random.fold_in(root, k), call)
-            return np.asarray(jax.random.randint(key, (50, 15), 0, 5, jnp.int32))
+            return np.asarray(jax.random.randint(EP.plan_key(EP.seed_words(0), k, call), (50, 15), 0, 5, jnp.int32))
 
         ref = RP.run_episode(TASK, RP.env_at(TASK, start[k]), start[k], planner, horizon=HORIZON, candidates=candidates)
         got = results[k]
@@ -120,12 +118,11 @@ def _toy_host_loop(kind: str, start: np.ndarray, seed: int, horizon: int) -> lis
     planner = jax.jit(lambda key, obs, left: P.plan(key[None], step, score, obs[None], left[None],
                                                     jnp.asarray(TOY_ACTIONS), config), compiler_options=TOY_FAST)
     env_step = jax.jit(lambda obs, a: env.step_reward(obs[None], a[None]), compiler_options=TOY_FAST)
-    root = jax.random.fold_in(jax.random.key(seed), 1)
     out = []
     for k, obs in enumerate(start):
         obs, steps, calls, success = jnp.asarray(obs), 0, 0, False
         while steps < horizon and not success:
-            chosen = planner(jax.random.fold_in(jax.random.fold_in(root, k), calls), obs, jnp.asarray(horizon - steps))
+            chosen = planner(EP.plan_key(EP.seed_words(seed), k, calls), obs, jnp.asarray(horizon - steps))
             calls += 1
             if int(chosen.length[0]) == 0:
                 break
@@ -256,6 +253,28 @@ def test_cli_writes_json_and_figure_that_eval_downstream_reads(tmp_path, capsys,
     assert cell["model_size"] == 1 and cell["seed"] == 0 and cell["context"]["downstream_json"] == str(out)
 
 
+def test_eval_cpg_pairs_each_cell_with_its_gap_in_one_run(tmp_path, both_arms):
+    from wmel_jax.pipeline import EvalOptions, run_eval
+
+    report_path, cpg_path = tmp_path / "eval.json", tmp_path / "cpg.json"
+    opts = EvalOptions([GOOD], n_states=150, k_steps=10, chunk_states=128, output=str(report_path),
+                       cpg=C.CPGOptions([], episodes=N, chunk_episodes=CHUNK, horizon=HORIZON, output=str(cpg_path)))
+    report = run_eval(opts)
+    cell = report["cells"][0]
+    assert cell["gap"] == both_arms["cpg"]["gap"] and cell["verdict"] == both_arms["cpg"]["verdict"]
+    assert cell["m1_l2_onestep"] > 0 and cell["context"]["downstream_json"] == str(cpg_path)
+    assert json.loads(cpg_path.read_text())["cpg"] == both_arms["cpg"]
+    assert json.loads(report_path.read_text())["cells"][0]["gap"] == cell["gap"]
+
+
+def test_eval_cpg_flags(tmp_path, capsys):
+    from wmel_jax import cli
+
+    code = cli.main(["eval", GOOD, "--cpg-output", str(tmp_path / "x.json"), "--no-cache"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--cpg-output needs --cpg" in err and os.listdir(tmp_path) == []
+
+
 def test_several_models_share_one_oracle_arm_and_write_a_folder(tmp_path, monkeypatch, both_arms):
     calls = []
     real = C.run_arm
@@ -347,6 +366,9 @@ def test_a_model_that_cannot_plan_is_skipped_beside_others(tmp_path, capsys, che
 
 def test_missing_model_and_existing_output(tmp_path, capsys):
     _assert_user_error(capsys, tmp_path, tmp_path / "nope.safetensors", *small(), match="does not exist")
+    # Several models into a folder the run creates: a failure removes it again.
+    _assert_user_error(capsys, tmp_path, GOOD, tmp_path / "nope.safetensors", *small("--env", "walker-walk", "-o",
+                       tmp_path / "new-folder"), match="unknown task")
     existing = tmp_path / "taken.json"
     existing.write_text("{}")
     _assert_user_error(capsys, tmp_path, GOOD, *small("-o", existing), match="--force")

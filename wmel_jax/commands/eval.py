@@ -21,8 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--env", metavar="TASK",
         help="task (default: the task recorded at conversion); picks the task of a multitask model",
     )
-    parser.add_argument("--n-states", type=int, default=150, metavar="N", help="sampled states (default 150)")
-    parser.add_argument("--k-steps", type=int, default=10, metavar="K", help="M2 horizon (default 10)")
+    parser.add_argument("--n-states", type=int, default=None, metavar="N",
+                        help="sampled states (default 150; with --states, the file's rows)")
+    parser.add_argument("--k-steps", type=int, default=None, metavar="K",
+                        help="M2 horizon (default 10; with --action-sequence, the file's rows)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the state sample and M2's actions (default 0)")
     parser.add_argument("--states", metavar="F.npy", help="evaluate on these observations (N, obs_dim) instead of sampling")
     parser.add_argument("--action-sequence", metavar="F.npy", help="M2's actions (k, action_dim) instead of drawing them")
@@ -52,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --cpg: write the CPG JSONs too (a file for one model, a folder for several)")
     parser.add_argument("-o", "--output", metavar="report.json", help="write the JSON report here")
     parser.add_argument("--figure", metavar="F.png", help="draw M2 curves and M1/M3 bars here")
+    parser.add_argument("--force", action="store_true",
+                        help="replace output files that exist (an output is never an input, nor another output)")
     _common.add_runtime_arguments(parser)
 
 
@@ -92,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         chunk_states=args.chunk_states,
         metrics=args.metrics,
+        force=args.force,
         cpg=_cpg_options(args),
     )
     report = run_eval(opts, progress=_common.progress_bar())

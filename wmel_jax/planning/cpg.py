@@ -67,6 +67,10 @@ __all__ = [
 
 ARMS = ("oracle", "learned")
 DEFAULT_EPISODES = 300
+#: Episodes per run: a thousand times the reference's 10 per seed (the per-episode results are a few MB).
+MAX_EPISODES = 1_000_000
+#: Episodes in flight (default 64 on CPU): a plan step's batch is this times 50 candidates.
+MAX_CHUNK_EPISODES = 65_536
 DEFAULT_HORIZON = 500
 #: The interval half-width the report says how many episodes it takes to reach.
 HALF_WIDTH_TARGET = 0.05
@@ -236,28 +240,64 @@ def output_paths(output: str | os.PathLike, labels: Sequence[str]) -> list[Path]
     return [out / name for name in names]
 
 
-def _check_outputs(opts: CPGOptions, labels: Sequence[str]) -> list[Path]:
-    from wmel_jax.fileio import check_output_path
+class _Outputs:
+    """The run's files as one :class:`~wmel_jax.fileio.OutputSet`, declared before any work.
 
-    paths: list[Path] = []
-    if opts.output:
-        out = Path(opts.output)
-        if len(labels) > 1 or out.is_dir():
-            if out.exists() and not out.is_dir():
-                raise WmelError(f"-o {str(out)!r}: several models write one report each, into a folder; "
-                                f"{str(out)!r} is a file")
-            parent = out.parent if str(out.parent) else Path(".")
-            if not out.exists() and not parent.is_dir():
-                raise WmelError(f"cannot create folder {str(out)!r}: {str(parent)!r} does not exist")
-        paths = output_paths(out, labels)
-        for p in paths:
-            if p.parent.is_dir():
-                check_output_path(p, opts.force)
-            elif p.exists() and not opts.force:
-                raise WmelError(f"{str(p)!r} exists; pass --force to overwrite it")
-    if opts.figure:
-        check_output_path(opts.figure, opts.force)
-    return paths
+    Several models write into a folder; one that does not exist yet is
+    created now (so its files can be checked like any other) and removed
+    again, if still empty, when the run fails.
+    """
+
+    def __init__(self, opts: CPGOptions, labels: Sequence[str], outputs: Any = None):
+        from wmel_jax.fileio import OutputSet
+
+        self.owned = outputs is None
+        self.set = OutputSet(force=opts.force) if outputs is None else outputs
+        self.set.add_inputs(opts.models, "model")
+        self.created: Path | None = None
+        self.paths: list[Path] = []
+        if opts.output:
+            out = Path(opts.output)
+            if len(labels) > 1 or out.is_dir():
+                if out.exists() and not out.is_dir():
+                    raise WmelError(f"-o {str(out)!r}: several models write one CPG JSON each, into a folder, "
+                                    f"and {str(out)!r} is a file")
+                if not out.exists():
+                    parent = out.parent if str(out.parent) else Path(".")
+                    if not parent.is_dir():
+                        raise WmelError(f"cannot create the folder {str(out)!r}: {str(parent)!r} does not exist")
+                    out.mkdir()
+                    self.created = out
+            self.paths = output_paths(out, labels)
+        self.figure = opts.figure
+        try:
+            for p in self.paths:
+                self.set.add(p, "CPG JSON (-o)")
+            self.set.add(self.figure, "figure (--figure)")
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """The run failed: remove the folder this run created, if nothing is in it."""
+        if self.created is not None:
+            with contextlib.suppress(OSError):
+                self.created.rmdir()
+            self.created = None
+
+    def write(self, reports: Mapping[int, Mapping[str, Any]]) -> None:
+        """Stage each report (by input index) and the figure; commit them together when the set is ours."""
+        from wmel_jax.fileio import json_text
+
+        for index, report in reports.items():
+            if self.paths:
+                self.set.write(self.paths[index], json_text(report))
+        if self.figure:
+            from wmel_jax.planning.figure import render_cpg_png
+
+            self.set.write(self.figure, render_cpg_png(list(reports.values())))
+        if self.owned:
+            self.set.commit()
 
 
 def require_observation_map(model: Any) -> None:
@@ -288,16 +328,19 @@ def run_cpg(
 
 
 def cpg_downstream(opts: CPGOptions, *, say: Callable[[str], None] | None = None,
-                   progress: Callable[[int, int, str], None] | None = None) -> list[Any]:
+                   progress: Callable[[int, int, str], None] | None = None, outputs: Any = None) -> list[Any]:
     """The CPG of each model of ``opts`` as eval's downstream pairing: one Downstream (or None) per input model.
 
     ``eval --cpg``: both arms always; a model the planners cannot use gets
-    None (its cell is unpaired) while the others are paired.
+    None (its cell is unpaired) while the others are paired. ``outputs``: the
+    caller's :class:`~wmel_jax.fileio.OutputSet`, which the CPG JSONs (when
+    ``opts.output``) join: declared now, staged at the end, written when the
+    caller commits the set.
     """
     from wmel_jax.downstream import Downstream
 
     opts = dataclasses.replace(opts, arms=ARMS)
-    pairs, paths = _run(opts, say, progress)
+    pairs, paths = _run(opts, say, progress, outputs)
     out: list[Any] = [None] * len(opts.models)
     for index, report in pairs:
         cpg = report["cpg"]
@@ -316,30 +359,44 @@ def cpg_downstream(opts: CPGOptions, *, say: Callable[[str], None] | None = None
     return out
 
 
-def _run(opts: CPGOptions, say: Callable[[str], None] | None, progress: Callable[[int, int, str], None] | None
-         ) -> tuple[list[tuple[int, dict[str, Any]]], list[Path]]:
-    """(input index and report of each model that planned, the output paths by input index)."""
-    import jax
+def _run(opts: CPGOptions, say: Callable[[str], None] | None, progress: Callable[[int, int, str], None] | None,
+         outputs: Any = None) -> tuple[list[tuple[int, dict[str, Any]]], list[Path]]:
+    """(input index and report of each model that planned, the output paths by input index).
 
-    from wmel_jax.oracle.base import precision_scope
-
-    from wmel_jax.oracle import DEFAULT_PRECISION, make_oracle
-    from wmel_jax.pipeline import Skips, check_labels, load_models, resolve_task, select_models
-
-    say = say or (lambda msg: print(msg, file=sys.stderr))
-    t_start = time.perf_counter()
-    config = opts.planner_config()
-    n = _check_int(opts.episodes, "--episodes")
-    horizon = _check_int(opts.horizon, "--horizon", 1, MAX_HORIZON)
+    ``outputs``: an :class:`~wmel_jax.fileio.OutputSet` the caller commits
+    (``eval --cpg``); None: the run declares and commits its own.
+    """
+    from wmel_jax.limits import check_seed
+    from wmel_jax.pipeline import check_labels
     from wmel_jax.planning.episodes import default_chunk_episodes
 
+    say = say or (lambda msg: print(msg, file=sys.stderr))
+    config = opts.planner_config()
+    n = _check_int(opts.episodes, "--episodes", 1, MAX_EPISODES)
+    horizon = _check_int(opts.horizon, "--horizon", 1, MAX_HORIZON)
     chunk = _check_int(default_chunk_episodes() if opts.chunk_episodes is None else opts.chunk_episodes,
-                       "--chunk-episodes")
-    seed = _check_int(opts.seed, "--seed", 0, 2**32 - 1)
+                       "--chunk-episodes", 1, MAX_CHUNK_EPISODES)
+    seed = check_seed(opts.seed, "seed (--seed)")
     arms = parse_arms(opts.arms)
     labels = check_labels(opts.models, opts.labels)
-    paths = _check_outputs(opts, labels)
+    declared = _Outputs(opts, labels, outputs)  # every output checked before any work
+    try:
+        return _work(opts, say, progress, labels, declared, config, n, horizon, chunk, seed, arms)
+    except BaseException:
+        declared.discard()
+        raise
 
+
+def _work(opts: CPGOptions, say: Callable[[str], None], progress: Callable[[int, int, str], None] | None,
+          labels: Sequence[str], declared: _Outputs, config: PlannerConfig, n: int, horizon: int, chunk: int,
+          seed: int, arms: tuple[str, ...]) -> tuple[list[tuple[int, dict[str, Any]]], list[Path]]:
+    import jax
+
+    from wmel_jax.oracle import DEFAULT_PRECISION, make_oracle
+    from wmel_jax.oracle.base import precision_scope
+    from wmel_jax.pipeline import Skips, load_models, resolve_task, select_models
+
+    t_start = time.perf_counter()
     # The pipeline's stages, as eval runs them: a model that cannot plan is skipped with its
     # reason while the others run (with one model, its reason is the error).
     skips = Skips(len(opts.models))
@@ -414,42 +471,8 @@ def _run(opts: CPGOptions, say: Callable[[str], None] | None, progress: Callable
         reports.append(_report(m.label, m.model, run_config, config, oracle_result, result, timings))
 
     # Outputs last: nothing is written unless everything above succeeded.
-    if paths:
-        _write_all({paths[m.index]: r for m, r in zip(selected, reports)})
-    if opts.figure:
-        from wmel_jax.planning.figure import plot_cpg
-
-        plot_cpg(reports, opts.figure)
-    return [(m.index, r) for m, r in zip(selected, reports)], paths
-
-
-def _write_all(outputs: Mapping[Path, Mapping[str, Any]]) -> None:
-    """Write every report to a temporary file beside its destination, then rename them all into place."""
-    import json
-
-    from wmel_jax.report import _plain
-
-    staged: list[tuple[str, Path]] = []
-    try:
-        for path, report in outputs.items():
-            path.parent.mkdir(exist_ok=True)
-            text = json.dumps(_plain(report), indent=2, allow_nan=False) + "\n"
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            staged.append((tmp, path))
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o666 & ~mask)
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp, _ in staged:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        raise
+    declared.write({m.index: r for m, r in zip(selected, reports)})
+    return [(m.index, r) for m, r in zip(selected, reports)], declared.paths
 
 
 # --------------------------------------------------------------------------- #

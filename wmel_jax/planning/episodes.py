@@ -21,10 +21,11 @@ are pytrees of fixed shapes. A call runs up to ``rounds_per_call`` rounds
 between calls; the host loop (:func:`run_arm`) does nothing per episode or per
 step.
 
-Randomness is a pure function of (seed, episode, plan call): episode k's
-start state is the task's reset distribution drawn with
-``fold_in(fold_in(key(seed), 0), k)``, its i-th plan call's candidates with
-``fold_in(fold_in(fold_in(key(seed), 1), k), i)``. Results therefore do not
+Randomness is a pure function of (seed, episode, plan call): with ``root =
+fold_in(key(seed mod 2**32), seed // 2**32)``, episode k's start state is the
+task's reset distribution drawn with ``fold_in(fold_in(root, 0), k)``, its
+i-th plan call's candidates with ``fold_in(fold_in(fold_in(root, 1), k), i)``
+(:func:`plan_key`). Results therefore do not
 depend on the slot count, the order in which slots take episodes, or on how
 many rounds a call runs. Both arms use the same keys (the reference seeds
 both arms' planners alike): the same start states, and common random numbers
@@ -61,6 +62,8 @@ __all__ = [
     "ArmResult",
     "success_threshold",
     "start_states",
+    "seed_words",
+    "plan_key",
     "episode_kernel",
     "run_arm",
 ]
@@ -85,6 +88,23 @@ MAX_HORIZON = 10_000
 ROUNDS_PER_CALL = 8
 
 _START_STREAM, _PLAN_STREAM = 0, 1
+
+
+def seed_words(seed: int) -> np.ndarray:
+    """A seed (0 .. 2**63 - 1) as two uint32 words (low, high): traced without 64-bit JAX."""
+    seed = int(seed)
+    return np.array([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF], np.uint32)
+
+
+def root_key(words: jax.Array) -> jax.Array:
+    """The run's root key: ``fold_in(key(low word), high word)``."""
+    return jax.random.fold_in(jax.random.key(words[0]), words[1])
+
+
+def plan_key(words: Any, episode: Any, call: Any) -> jax.Array:
+    """The key of episode ``episode``'s plan call ``call``: a pure function of (seed, episode, call)."""
+    root = jax.random.fold_in(root_key(jnp.asarray(words, jnp.uint32)), _PLAN_STREAM)
+    return jax.random.fold_in(jax.random.fold_in(root, episode), call)
 
 
 def success_threshold(task: str) -> float:
@@ -155,7 +175,7 @@ def _start_kernel(oracle: Any) -> Callable:
     physics = oracle.physics
 
     def kernel(seed, first):
-        root = jax.random.fold_in(jax.random.key(seed), _START_STREAM)
+        root = jax.random.fold_in(root_key(seed), _START_STREAM)
         keys = jax.vmap(lambda k: jax.random.fold_in(root, k))(first + jnp.arange(START_BLOCK))
         d, aux = physics.reset(keys)
         return physics.observe(d, aux)
@@ -172,7 +192,7 @@ def start_states(oracle: Any, seed: int, n: int) -> np.ndarray:
     from wmel_jax.oracle.base import compiler_options, precision_scope
 
     with precision_scope(oracle.precision):
-        seed_arg = jnp.asarray(np.uint32(seed))
+        seed_arg = jnp.asarray(seed_words(seed))
         first = jnp.asarray(0, jnp.int32)
         compiled, _ = kernel_cache.compiled(_start_kernel(oracle), (seed_arg, first), compiler_options(START_BLOCK))
         blocks = [np.asarray(compiled(seed_arg, jnp.asarray(b, jnp.int32))) for b in range(0, n, START_BLOCK)]
@@ -250,15 +270,15 @@ def episode_kernel(
     def kernel(params, task, run: Episodes, start_obs, seed, actions, horizon):
         n = start_obs.shape[0]
         step = env.step_reward if dynamics_is_env else dynamics(params, task)
-        plan_root = jax.random.fold_in(jax.random.key(seed), _PLAN_STREAM)
+        plan_root = jax.random.fold_in(root_key(seed), _PLAN_STREAM)
 
-        def plan_key(episode, call):
+        def key_of(episode, call):  # = plan_key(seed, episode, call)
             return jax.random.fold_in(jax.random.fold_in(plan_root, episode), call)
 
         def one_round(run: Episodes) -> Episodes:
             s = run.slots
             running = s.episode >= 0
-            keys = jax.vmap(plan_key)(jnp.maximum(s.episode, 0), s.plan_calls)
+            keys = jax.vmap(key_of)(jnp.maximum(s.episode, 0), s.plan_calls)
             chosen = plan(keys, step, score, s.obs, horizon - s.steps, actions, config, record=dynamics_is_env)
             plan_calls = s.plan_calls + running
             empty = chosen.length == 0
@@ -349,7 +369,7 @@ def run_arm(
         task,
         jax.tree_util.tree_map(jnp.asarray, start),
         jnp.asarray(start_obs, dtype),
-        jnp.asarray(np.uint32(seed)),
+        jnp.asarray(seed_words(seed)),
         jnp.asarray(actions, dtype),
         jnp.asarray(horizon, jnp.int32),
     )

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 from wmel_jax.fileio import atomic_output
 
-__all__ = ["plot_cpg"]
+__all__ = ["plot_cpg", "render_cpg_png"]
 
 _COLOURS = {"oracle": "#4c72b0", "learned": "#dd8452"}
 
@@ -29,7 +29,16 @@ def _successful_steps(report: Mapping[str, Any], arm: str) -> list[int] | None:
 
 
 def plot_cpg(reports: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """Draw the reports of one run and write them to ``path`` as a PNG (nothing on failure).
+    """Draw the reports of one run (:func:`render_cpg_png`) and write the PNG to ``path`` atomically."""
+    data = render_cpg_png(reports)
+    path = Path(path)
+    with atomic_output(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def render_cpg_png(reports: Sequence[Mapping[str, Any]]) -> bytes:
+    """The reports of one run as PNG bytes (for an :class:`~wmel_jax.fileio.OutputSet`).
 
     Left: each model's oracle and learned success rates with their Wilson 95%
     intervals (the oracle arm is shared by the run's models), the gap and
@@ -59,7 +68,8 @@ def plot_cpg(reports: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> P
             x = i + (j - 0.5) * width
             err = [[interval["rate"] - interval["ci_low"]], [interval["ci_high"] - interval["rate"]]]
             rates.bar(x, interval["rate"], width, color=_COLOURS[arm], label=arm if i == 0 else None)
-            rates.errorbar(x, interval["rate"], yerr=err, color="black", capsize=4, linewidth=1)
+            rates.errorbar(x, interval["rate"], yerr=err, color="black", capsize=4, linewidth=1, marker="o",
+                           markersize=3)
     labels = []
     for report in reports:
         cpg = report["cpg"]
@@ -97,8 +107,8 @@ def plot_cpg(reports: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> P
     steps.set_ylim(0, cfg["benchmark_horizon"])
     steps.set_ylabel("steps to success (successful episodes)")
 
-    fig.canvas.draw()
-    path = Path(path)
-    with atomic_output(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    return path
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
