@@ -294,6 +294,31 @@ def test_several_models_share_one_oracle_arm_and_write_a_folder(tmp_path, monkey
     assert reports[0]["learned_full"]["results"] == both_arms["learned_full"]["results"]
 
 
+def test_the_oracle_arm_is_kept_beside_the_kernel_cache_for_later_runs(tmp_path, both_arms):
+    from wmel_jax import kernel_cache
+
+    said: list[str] = []
+    opts = C.CPGOptions([GOOD], episodes=N, chunk_episodes=CHUNK, horizon=HORIZON, arms="oracle")
+    previous = kernel_cache.get_directory()
+    kernel_cache.set_directory(tmp_path / "kernels")
+    try:
+        first = C.run_cpg(opts, say=said.append)[0]
+        kept = list((tmp_path / "cpg-oracle").glob("*.json"))
+        assert len(kept) == 1 and first["timings"]["oracle_from_cache"] is False
+        second = C.run_cpg(opts, say=said.append)[0]
+        assert second["timings"]["oracle_from_cache"] is True and "read from the cache" in said[-1]
+        # Another seed is another oracle arm; a damaged file is ignored (and replaced).
+        C.run_cpg(C.CPGOptions([GOOD], episodes=N, chunk_episodes=CHUNK, horizon=HORIZON, arms="oracle", seed=1))
+        assert len(list((tmp_path / "cpg-oracle").glob("*.json"))) == 2
+        kept[0].write_text('{"key": 1')
+        third = C.run_cpg(opts)[0]
+        assert third["timings"]["oracle_from_cache"] is False
+    finally:
+        kernel_cache.set_directory(previous)
+    for report in (first, second, third):
+        assert report["oracle_full"]["results"] == both_arms["oracle_full"]["results"]
+
+
 @pytest.mark.parametrize("arm", C.ARMS)
 def test_one_arm_keeps_the_layout_with_the_other_null(tmp_path, capsys, arm, both_arms):
     out = tmp_path / "one.json"
@@ -340,6 +365,9 @@ def _assert_user_error(capsys, folder: Path, *argv, match: str) -> None:
         (["--arms", "oracle,planner"], "unknown arm 'planner'"),
         (["--arms", ","], "no arm asked for"),
         (["--chunk-episodes", "0"], "--chunk-episodes must be an integer"),
+        (["--chunk-episodes", "70000"], "between 1 and 65,536"),
+        (["--episodes", "1000001"], "between 1 and 1,000,000"),
+        (["--seed", "-1"], "from 0 to 2**63 - 1"),
         (["--env", "reacher-easy"], "do not fit reacher-easy"),
         (["--env", "walker-walk"], "unknown task"),
     ],

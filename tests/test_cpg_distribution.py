@@ -9,7 +9,7 @@ each side:
 - the steps to success (over the successful episodes) pass a two-sided
   Mann-Whitney U test at ALPHA, and so do the plan calls per episode;
 
-and the JAX arm's success rate over REFERENCE_N episodes lies inside the
+and the JAX arm's success rate over REFERENCE_N[task] episodes lies inside the
 95% Wilson interval of the reference project's own oracle-arm results
 (tests/data/reference_cpg.json: 3 seeds of 10 episodes for cartpole and
 reacher, 1 for acrobot). Every draw is seeded, so the outcome is fixed;
@@ -39,8 +39,9 @@ ALPHA = 0.01
 #: Episodes per side for the JAX-against-reference comparisons (the reference's cost sets it: acrobot's
 #: failing episodes take ~270 plan calls of 1,000+ dm_control steps each).
 PAIRED_N = {"cartpole-swingup": 60, "reacher-easy": 60, "acrobot-swingup": 30}
-#: JAX episodes checked against the reference project's published oracle arm.
-REFERENCE_N = 300
+#: JAX episodes checked against the reference project's published oracle arm (acrobot's fail after
+#: ~270 plan calls each: fewer, its reference interval is wide anyway with 10 episodes).
+REFERENCE_N = {"cartpole-swingup": 300, "reacher-easy": 300, "acrobot-swingup": 100}
 TASKS = tuple(PAIRED_N)
 REFERENCE = json.loads((Path(__file__).parent / "data" / "reference_cpg.json").read_text())["files"]
 
@@ -49,7 +50,7 @@ REFERENCE = json.loads((Path(__file__).parent / "data" / "reference_cpg.json").r
 def jax_oracle_arm(task: str) -> EP.ArmResult:
     oracle = wmel_jax.make_oracle(task)
     config = C.PlannerConfig()
-    start = EP.start_states(oracle, 0, REFERENCE_N)
+    start = EP.start_states(oracle, 0, REFERENCE_N[task])
     return EP.run_arm(C._oracle_arm_kernel(oracle, config), None, None, start, 0, oracle.actions, 500, 100,
                       dtype=oracle.dtype, compiler_options=C._compiler_options("oracle", config, 100))
 

@@ -47,12 +47,13 @@ def ref_score(obs):
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted(kind: str, step=None, **sizes):
+def _jitted(kind: str, step=None, share=False, record=False, **sizes):
     """A jitted planner on the toy world (compiled once per configuration and shape; eager lax.scan retraces)."""
     cfg = P.PlannerConfig(kind, **sizes)
     fn = P.random_shooting if kind == "random-shooting" else P.cem
     return jax.jit(lambda keys, obs, left, cands=None: fn(keys, step or toy_step, toy_score, obs, left,
-                                                          jnp.asarray(ACTIONS), cfg, cands), compiler_options=FAST)
+                                                          jnp.asarray(ACTIONS), cfg, cands, record, share),
+                   compiler_options=FAST)
 
 
 def _rs(obs, steps_left, candidates):
@@ -159,6 +160,23 @@ def test_cem_equals_the_reference_exactly_iteration_by_iteration():
             assert int(trace.best_length[e, i]) == it["best_length"]
         assert int(plan.length[e]) == len(prefix)
         assert [rows[i] for i in plan.actions[e][: len(prefix)]] == prefix
+
+
+@pytest.mark.parametrize("kind", P.PLANNERS)
+def test_shared_prefixes_give_the_same_numbers(kind):
+    """Rolling each distinct prefix once (the learned arm) changes no value, cut, choice or prediction."""
+    assert P.shared_levels(4, 50, 15) == 2 and P.shared_levels(4, 24, 15) == 2 and P.shared_levels(9, 50, 15) == 1
+    assert P.shared_levels(5, 5, 15) == 0 and P.shared_levels(2, 50, 3) == 3
+
+    def step_reward(obs, action):
+        return toy_step(obs, action), obs[:, 0] * action[:, 0]
+
+    keys = jax.random.split(jax.random.key(7), STEPS_LEFT.size)
+    obs, left = jnp.asarray(_start()), jnp.asarray(STEPS_LEFT)
+    plain = _jitted(kind, step_reward, record=True)(keys, obs, left)
+    shared = _jitted(kind, step_reward, share=True, record=True)(keys, obs, left)
+    for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(shared)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_empty_plan_when_no_candidate_has_a_finite_value():

@@ -70,10 +70,14 @@ def _jax_planners(task: str, arm: str):
         def step_for(params):
             return lambda o, a: omap(params, None, o, a)
 
+    share = arm == "learned"  # as the learned arm plans (wmel_jax.planning.cpg)
+
     def planners(params, obs, steps_left, actions, rs_candidates, cem_candidates):
         step = step_for(params)
-        rs = P.random_shooting(None, step, score, obs, steps_left, actions, P.PlannerConfig(), rs_candidates)
-        ce = P.cem(None, step, score, obs, steps_left, actions, P.PlannerConfig("cem"), cem_candidates)
+        rs = P.random_shooting(None, step, score, obs, steps_left, actions, P.PlannerConfig(), rs_candidates,
+                               share_prefixes=share)
+        ce = P.cem(None, step, score, obs, steps_left, actions, P.PlannerConfig("cem"), cem_candidates,
+                   share_prefixes=share)
         return rs, ce
 
     return jax.jit(planners, compiler_options=compiler_options(64))

@@ -194,7 +194,9 @@ def _learned_arm_kernel(arch: Any, oracle: Any, config: PlannerConfig) -> Callab
     def dynamics(params, task):
         return lambda obs, action: step(params, task, obs, action)
 
-    return episode_kernel(oracle, dynamics, _task_score(oracle), config, success_threshold(oracle.task))
+    # The model compiles in a second: its first plan steps are rolled once per distinct prefix.
+    return episode_kernel(oracle, dynamics, _task_score(oracle), config, success_threshold(oracle.task),
+                          share_prefixes=True)
 
 
 #: A run whose plan batches (episodes in flight x sequences per call) have at most this many rows
@@ -221,6 +223,83 @@ def _compiler_options(arm: str, config: PlannerConfig, chunk: int) -> dict[str, 
     if jax.default_backend() == "cpu" and rows <= FAST_COMPILE_MAX_ROWS:
         return {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0}
     return {}
+
+
+# --------------------------------------------------------------------------- #
+# the oracle arm, kept on disk beside the kernel cache
+# --------------------------------------------------------------------------- #
+
+_ORACLE_CACHE_FORMAT = 1
+
+
+def _oracle_key(oracle: Any, config: PlannerConfig, actions: np.ndarray, n: int, seed: int, horizon: int
+                ) -> dict[str, Any]:
+    """Everything the oracle arm's episodes depend on (not the episodes in flight: results do not)."""
+    from wmel_jax import kernel_cache
+
+    return {
+        "format": _ORACLE_CACHE_FORMAT,
+        "task": oracle.task, "frame_skip": oracle.frame_skip, "precision": oracle.precision,
+        "actions": np.asarray(actions, np.float64).tolist(), "planner": config.to_dict(),
+        "episodes": n, "seed": seed, "horizon": horizon, "threshold": success_threshold(oracle.task),
+        "sources": kernel_cache._source_fingerprint(), "versions": kernel_cache._versions(),
+        "context": kernel_cache._trace_context(),
+    }
+
+
+def _oracle_cache_file(key: Mapping[str, Any]) -> Path | None:
+    """Where the oracle arm of ``key`` is kept: ``<cache>/cpg-oracle/<sha256>.json``; None without a cache."""
+    import hashlib
+    import json
+
+    from wmel_jax import kernel_cache
+
+    kernels = kernel_cache.get_directory()
+    if kernels is None:
+        return None
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return kernels.parent / "cpg-oracle" / f"{digest}.json"
+
+
+def _read_oracle(path: Path | None, key: Mapping[str, Any]) -> ArmResult | None:
+    """The kept oracle arm of ``key``, or None (absent, unreadable, another key, malformed: all ignored)."""
+    import json
+
+    if path is None or not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("key") != json.loads(json.dumps(key)):
+            return None
+        n = key["episodes"]
+        success = np.asarray(doc["success"], bool)
+        steps = np.asarray(doc["steps"], np.int64)
+        calls = np.asarray(doc["plan_calls"], np.int64)
+        if success.shape != (n,) or steps.shape != (n,) or calls.shape != (n,):
+            return None
+        if steps.min() < 0 or steps.max() > key["horizon"] or calls.min() < 0:
+            return None
+        return ArmResult(success, steps, calls, int(doc["rounds"]), int(doc["slot_rounds"]), int(doc["chunk"]),
+                         0.0, float(doc["run_s"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_oracle(path: Path | None, key: Mapping[str, Any], r: ArmResult) -> None:
+    """Keep the oracle arm for later runs (best effort: a cache that cannot be written is skipped)."""
+    import json
+
+    from wmel_jax import kernel_cache
+
+    if path is None:
+        return
+    doc = {"key": key, "success": r.success.tolist(), "steps": r.steps.tolist(), "plan_calls": r.plan_calls.tolist(),
+           "rounds": r.rounds, "slot_rounds": r.slot_rounds, "chunk": r.chunk, "run_s": r.run_s}
+    try:
+        path.parent.mkdir(exist_ok=True)
+        kernel_cache._atomic_write(path, json.dumps(doc).encode())
+    except OSError:
+        pass
 
 
 # --------------------------------------------------------------------------- #
@@ -423,12 +502,21 @@ def _work(opts: CPGOptions, say: Callable[[str], None], progress: Callable[[int,
                 return None
             return lambda ended, total, rounds: progress(ended, total, f"{label}: {rounds} plan rounds")
 
-        oracle_result = None
+        oracle_result, oracle_cached = None, False
         if "oracle" in arms:
-            oracle_result = run_arm(_oracle_arm_kernel(oracle, config), None, None, start, seed, actions,
-                                    horizon, chunk, dtype=oracle.dtype,
-                                    compiler_options=_compiler_options("oracle", config, min(chunk, n)),
-                                    progress=arm_progress("oracle arm"))
+            # The oracle arm depends on none of the models: a later run of the same configuration reads it.
+            key = _oracle_key(oracle, config, actions, n, seed, horizon)
+            kept = _oracle_cache_file(key)
+            oracle_result = _read_oracle(kept, key)
+            oracle_cached = oracle_result is not None
+            if oracle_cached:
+                say(f"oracle arm read from the cache ({kept})")
+            else:
+                oracle_result = run_arm(_oracle_arm_kernel(oracle, config), None, None, start, seed, actions,
+                                        horizon, chunk, dtype=oracle.dtype,
+                                        compiler_options=_compiler_options("oracle", config, min(chunk, n)),
+                                        progress=arm_progress("oracle arm"))
+                _write_oracle(kept, key, oracle_result)
         learned: list[ArmResult | None] = []
         for m in selected:
             if "learned" not in arms:
@@ -468,6 +556,8 @@ def _work(opts: CPGOptions, say: Callable[[str], None], progress: Callable[[int,
             if r is not None:
                 timings[f"{arm}_compile_s"] = r.compile_s
                 timings[f"{arm}_run_s"] = r.run_s
+        if oracle_result is not None:
+            timings["oracle_from_cache"] = oracle_cached  # its run_s is then the run that computed it
         reports.append(_report(m.label, m.model, run_config, config, oracle_result, result, timings))
 
     # Outputs last: nothing is written unless everything above succeeded.

@@ -248,6 +248,7 @@ def episode_kernel(
     threshold: float,
     rounds_per_call: int = ROUNDS_PER_CALL,
     dynamics_is_env: bool = False,
+    share_prefixes: bool = False,
 ) -> Callable:
     """The kernel that advances a run by up to ``rounds_per_call`` plan rounds.
 
@@ -264,6 +265,8 @@ def episode_kernel(
     would recompute, step for step, the states and rewards the planner
     already predicted for it: the kernel reads them from the planner instead
     (the same function of the same inputs; the physics is compiled once).
+    ``share_prefixes``: see :func:`~wmel_jax.planning.planners.rollout_scores`
+    (for a model's dynamics: each shared level is one more compiled copy).
     """
     frame_skip = env.frame_skip
 
@@ -279,7 +282,8 @@ def episode_kernel(
             s = run.slots
             running = s.episode >= 0
             keys = jax.vmap(key_of)(jnp.maximum(s.episode, 0), s.plan_calls)
-            chosen = plan(keys, step, score, s.obs, horizon - s.steps, actions, config, record=dynamics_is_env)
+            chosen = plan(keys, step, score, s.obs, horizon - s.steps, actions, config, record=dynamics_is_env,
+                          share_prefixes=share_prefixes)
             plan_calls = s.plan_calls + running
             empty = chosen.length == 0
             if dynamics_is_env:

@@ -54,6 +54,7 @@ __all__ = [
     "Recorded",
     "RandomShootingTrace",
     "CEMTrace",
+    "shared_levels",
     "rollout_scores",
     "value_and_cut",
     "choose",
@@ -177,8 +178,23 @@ def _plan_length(config: PlannerConfig, steps_left: jax.Array) -> jax.Array:
     return jnp.clip(jnp.asarray(steps_left, jnp.int32), 1, config.horizon)
 
 
+def shared_levels(n_actions: int, n_candidates: int, horizon: int) -> int:
+    """Plan steps at which candidates share prefixes enough to compute each prefix once.
+
+    At step j at most ``n_actions ** j`` distinct prefixes exist; while that is
+    fewer than the candidates, rolling every prefix once (E x A^j rows) and
+    gathering the candidates' states from them costs fewer dynamics calls:
+    cartpole's 5 actions and 50 candidates share steps 1 and 2 (5 and 25 rows
+    per episode instead of 50 and 50), 9% of random shooting's 750 calls.
+    """
+    levels = 0
+    while levels < horizon and n_actions ** (levels + 1) < n_candidates:
+        levels += 1
+    return levels
+
+
 def rollout_scores(step: Step, score: Score, obs: jax.Array, candidates: jax.Array, actions: jax.Array,
-                   record: bool = False) -> Any:
+                   record: bool = False, share_prefixes: bool = False) -> Any:
     """The score of every predicted state of every candidate.
 
     obs: (E, obs_dim); candidates: (E, C, T) int indices into ``actions`` (A,
@@ -189,26 +205,62 @@ def rollout_scores(step: Step, score: Score, obs: jax.Array, candidates: jax.Arr
     ``record``: ``step`` returns ``(next_obs, reward)`` and the result is
     ``(scores, Recorded(obs (E, C, T, obs_dim), reward (E, C, T)))``, every
     predicted state and reward (for an arm whose dynamics is its env).
+
+    ``share_prefixes``: the first :func:`shared_levels` steps are rolled once
+    per distinct prefix (every prefix of that length) and gathered: the same
+    numbers (each row is the same function of the same inputs), fewer
+    dynamics calls, but one more compiled copy of the dynamics per level (for
+    a cheap-to-compile model, not the physics).
     """
     e, c, t = candidates.shape
-    flat = candidates.reshape(e * c, t)
-    x0 = jnp.repeat(obs, c, axis=0)
-    # Carried in the dynamics' own dtype (a float32 model fed float64 observations): one call site
-    # of the dynamics, inside the scan, so its program is compiled once.
-    probe = jax.eval_shape(step, x0, actions[flat[:, 0]])
-    x0 = x0.astype((probe[0] if record else probe).dtype)
+    a = actions.shape[0]
+    probe = jax.eval_shape(step, obs, actions[jnp.zeros((e,), jnp.int32)])
+    # Carried in the dynamics' own dtype (a float32 model fed float64 observations).
+    dtype = (probe[0] if record else probe).dtype
+    levels = shared_levels(a, c, t) if share_prefixes else 0
+
+    def run(x, act):
+        out = step(x, act)
+        return (out, None) if not record else out
+
+    # The prefix tree: level j holds every prefix of j actions, node index sum_i a_i A^(j-1-i).
+    tree = obs.astype(dtype)[:, None, :]  # (E, 1, obs_dim)
+    head_scores, head_states, head_rewards = [], [], []
+    node = jnp.zeros((e, c), jnp.int32)
+    for j in range(levels):
+        nodes = tree.shape[1]
+        nxt, reward = run(jnp.repeat(tree, a, axis=1).reshape(e * nodes * a, -1), jnp.tile(actions, (e * nodes, 1)))
+        tree = nxt.reshape(e, nodes * a, -1)
+        node = node * a + candidates[:, :, j]
+
+        def gather(v):  # (E, nodes * A, ...) -> (E, C, ...) at each candidate's prefix
+            return jnp.take_along_axis(v, node.reshape(node.shape + (1,) * (v.ndim - 2)), axis=1)
+
+        head_scores.append(gather(score(nxt).reshape(e, nodes * a)))
+        if record:
+            head_states.append(gather(tree))
+            head_rewards.append(gather(reward.reshape(e, nodes * a)))
+    x0 = jnp.take_along_axis(tree, node[:, :, None], axis=1).reshape(e * c, -1)  # (E * C, obs_dim)
+    flat = candidates.reshape(e * c, t)[:, levels:]
 
     def body(x, idx):
-        out = step(x, actions[idx])
-        nxt = out[0] if record else out
-        return nxt, (score(nxt), out if record else None)
+        nxt, reward = run(x, actions[idx])
+        return nxt, (score(nxt), (nxt, reward) if record else None)
 
-    _, (scores, kept) = jax.lax.scan(body, x0, flat.T)  # (T, E * C)
-    scores = scores.T.reshape(e, c, t)
+    parts = [jnp.stack(head_scores, axis=2)] if levels else []
+    if levels < t:
+        _, (scores, kept) = jax.lax.scan(body, x0, flat.T)  # (T - levels, E * C)
+        parts.append(scores.T.reshape(e, c, t - levels))
+    scores = jnp.concatenate(parts, axis=2)
     if not record:
         return scores
-    states, rewards = kept  # (T, E * C, obs_dim), (T, E * C)
-    return scores, Recorded(jnp.moveaxis(states, 0, 1).reshape(e, c, t, -1), rewards.T.reshape(e, c, t))
+    states = [jnp.stack(head_states, axis=2)] if levels else []
+    rewards = [jnp.stack(head_rewards, axis=2)] if levels else []
+    if levels < t:
+        kept_states, kept_rewards = kept  # (T - levels, E * C, obs_dim), (T - levels, E * C)
+        states.append(jnp.moveaxis(kept_states, 0, 1).reshape(e, c, t - levels, -1))
+        rewards.append(kept_rewards.T.reshape(e, c, t - levels))
+    return scores, Recorded(jnp.concatenate(states, axis=2), jnp.concatenate(rewards, axis=2))
 
 
 def value_and_cut(scores: jax.Array, length: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -260,13 +312,15 @@ def random_shooting(
     config: PlannerConfig,
     candidates: jax.Array | None = None,
     record: bool = False,
+    share_prefixes: bool = False,
 ) -> tuple[Plan, RandomShootingTrace]:
     """Random-shooting MPC for a batch of episodes.
 
     key: (E,) PRNG keys; obs: (E, obs_dim); steps_left: (E,) int; actions: (A,
     action_dim). candidates: (E, C, horizon) int indices to use instead of
     drawing ``config.candidates`` sequences uniformly from the action set.
-    record: see :func:`rollout_scores` (the plan then carries the chosen candidate's predictions).
+    record, share_prefixes: see :func:`rollout_scores` (with record the plan carries the chosen
+    candidate's predictions).
     """
     e = obs.shape[0]
     if candidates is None:
@@ -275,7 +329,7 @@ def random_shooting(
         )(key)
     candidates = jnp.asarray(candidates, jnp.int32)
     length = _plan_length(config, steps_left)
-    rolled = rollout_scores(step, score, obs, candidates, actions, record)
+    rolled = rollout_scores(step, score, obs, candidates, actions, record, share_prefixes)
     scores, recorded = rolled if record else (rolled, None)
     values, cuts = value_and_cut(scores, length[:, None])
     chosen, ok = choose(values)
@@ -307,13 +361,15 @@ def cem(
     config: PlannerConfig,
     candidates: jax.Array | None = None,
     record: bool = False,
+    share_prefixes: bool = False,
 ) -> tuple[Plan, CEMTrace]:
     """Cross-entropy-method MPC for a batch of episodes.
 
     key: (E,) PRNG keys; obs: (E, obs_dim); steps_left: (E,) int; actions: (A,
     action_dim). candidates: (E, iterations, samples, horizon) int indices to
     use instead of drawing each iteration's from its distribution.
-    record: see :func:`rollout_scores` (the plan then carries the best candidate's predictions).
+    record, share_prefixes: see :func:`rollout_scores` (with record the plan carries the best
+    candidate's predictions).
     """
     e = obs.shape[0]
     n_actions = actions.shape[0]
@@ -335,7 +391,7 @@ def cem(
         k, cand = xs
         if cand is None:
             cand = jax.vmap(draw)(k, probs)  # (E, S, T)
-        rolled = rollout_scores(step, score, obs, cand, actions, record)
+        rolled = rollout_scores(step, score, obs, cand, actions, record, share_prefixes)
         scores, recorded = rolled if record else (rolled, None)
         values, cuts = value_and_cut(scores, length[:, None])
         order = jnp.argsort(jnp.where(jnp.isnan(values), jnp.inf, values), axis=-1, stable=True).astype(jnp.int32)
@@ -384,7 +440,8 @@ def plan(
     config: PlannerConfig,
     candidates: jax.Array | None = None,
     record: bool = False,
+    share_prefixes: bool = False,
 ) -> Plan:
     """The configured planner's plan (see :func:`random_shooting`, :func:`cem`)."""
     fn = random_shooting if config.kind == "random-shooting" else cem
-    return fn(key, step, score, obs, steps_left, actions, config, candidates, record)[0]
+    return fn(key, step, score, obs, steps_left, actions, config, candidates, record, share_prefixes)[0]
