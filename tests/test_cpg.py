@@ -3,7 +3,11 @@
 The planners' per-call parity is in tests/test_planning_parity.py; the
 statistics in tests/test_cpg_stats.py; agreement in distribution with the
 per-call reference planner (hundreds of episodes) in tests/test_cpg_distribution.py
-(slow). Every run here shares a few small shapes (3 episodes, 2 in flight:
+(slow). The suite's time budget keeps one of each kind by default: the replay
+against the reference's loop, the report's layout, the CLI round trip into
+eval --downstream, one arm, bad input, one toy chunking check; the others
+(CEM and env-reading toy kernels, start states, eval --cpg, several models,
+the on-disk oracle arm, a skipped model) are marked slow: run them with -m slow. Every run here shares a few small shapes (3 episodes, 2 in flight:
 the third takes a freed slot), so each arm's kernel compiles once per
 session (at XLA's fast-compile level: these batches are small).
 """
@@ -136,7 +140,7 @@ def _toy_host_loop(kind: str, start: np.ndarray, seed: int, horizon: int) -> lis
     return out
 
 
-@pytest.mark.parametrize("kind", ["random-shooting", "cem"])
+@pytest.mark.parametrize("kind", ["random-shooting", pytest.param("cem", marks=pytest.mark.slow)])
 def test_results_do_not_depend_on_how_many_episodes_are_in_flight(kind):
     """Any number of slots, any rounds per call: the episodes of a seed are the host loop's, one by one."""
     kernel, _ = _toy_kernel(kind)
@@ -150,6 +154,7 @@ def test_results_do_not_depend_on_how_many_episodes_are_in_flight(kind):
         assert r.slot_rounds == int(r.plan_calls.sum()) and r.slot_rounds <= r.rounds * r.chunk
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["random-shooting", "cem"])
 def test_an_arm_planning_with_its_env_executes_its_own_predictions(kind):
     """dynamics_is_env (the oracle arm) reads the executed prefix from the planner: the same episodes as stepping the env."""
@@ -176,6 +181,7 @@ def test_an_empty_plan_ends_the_episode():
     assert r.success.tolist() == [False, False] and r.steps.tolist() == [0, 0] and r.plan_calls.tolist() == [1, 1]
 
 
+@pytest.mark.slow  # compiles its own start-state kernel (blocks of 3)
 def test_start_states_are_a_pure_function_of_seed_and_episode(monkeypatch):
     oracle = wmel_jax.make_oracle(TASK)
     monkeypatch.setattr(EP, "START_BLOCK", 3)  # blocks of 3: 5 states come from two kernel calls
@@ -253,6 +259,7 @@ def test_cli_writes_json_and_figure_that_eval_downstream_reads(tmp_path, capsys,
     assert cell["model_size"] == 1 and cell["seed"] == 0 and cell["context"]["downstream_json"] == str(out)
 
 
+@pytest.mark.slow  # eval's kernels at a shape of its own
 def test_eval_cpg_pairs_each_cell_with_its_gap_in_one_run(tmp_path, both_arms):
     from wmel_jax.pipeline import EvalOptions, run_eval
 
@@ -273,8 +280,15 @@ def test_eval_cpg_flags(tmp_path, capsys):
     code = cli.main(["eval", GOOD, "--cpg-output", str(tmp_path / "x.json"), "--no-cache"])
     err = capsys.readouterr().err
     assert code == 2 and "--cpg-output needs --cpg" in err and os.listdir(tmp_path) == []
+    # Models of two tasks without --env: eval would group them, the gap is planned on one task.
+    reacher = str(EXAMPLES_DIR / "reacher-easy-good.safetensors")
+    code = cli.main(["eval", GOOD, reacher, "--cpg", "-o", str(tmp_path / "r.json"), "--no-cache"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.splitlines()[-1].startswith("wmel-jax: error: --cpg plans on one task"), err
+    assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow  # the suite's budget: see the module docstring
 def test_several_models_share_one_oracle_arm_and_write_a_folder(tmp_path, monkeypatch, both_arms):
     calls = []
     real = C.run_arm
@@ -294,6 +308,7 @@ def test_several_models_share_one_oracle_arm_and_write_a_folder(tmp_path, monkey
     assert reports[0]["learned_full"]["results"] == both_arms["learned_full"]["results"]
 
 
+@pytest.mark.slow  # the suite's budget: see the module docstring
 def test_the_oracle_arm_is_kept_beside_the_kernel_cache_for_later_runs(tmp_path, both_arms):
     from wmel_jax import kernel_cache
 
@@ -319,7 +334,7 @@ def test_the_oracle_arm_is_kept_beside_the_kernel_cache_for_later_runs(tmp_path,
         assert report["oracle_full"]["results"] == both_arms["oracle_full"]["results"]
 
 
-@pytest.mark.parametrize("arm", C.ARMS)
+@pytest.mark.parametrize("arm", ["oracle", pytest.param("learned", marks=pytest.mark.slow)])
 def test_one_arm_keeps_the_layout_with_the_other_null(tmp_path, capsys, arm, both_arms):
     out = tmp_path / "one.json"
     code, stdout, err = cpg_cli(GOOD, *small("--arms", arm, "-o", out), capsys=capsys)
@@ -382,6 +397,7 @@ def test_a_model_without_a_decoder_cannot_plan_in_observation_space(tmp_path, ca
                        match="no observation decoder")
 
 
+@pytest.mark.slow  # the suite's budget: see the module docstring
 def test_a_model_that_cannot_plan_is_skipped_beside_others(tmp_path, capsys, checkpoints, both_arms):
     upstream = checkpoints.upstream(1, obs_dim=5, action_dim=1).converted
     code, out, err = cpg_cli(GOOD, upstream, *small("--env", TASK, "-o", tmp_path / "out"), capsys=capsys)

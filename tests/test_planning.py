@@ -6,6 +6,11 @@ dyadic number, so both the JAX planners and the per-call reference planner
 compute them exactly, ties are frequent and exact, and every decision (cut,
 choice, sort order, refit) must be identical. The MJX and torch dynamics are
 compared in tests/test_planning_parity.py.
+
+Each distinct planner configuration and shape is one compile: the suite's
+time budget keeps the exact-equality tests by default; the shared-prefix,
+empty-plan, per-row-key and distribution tests compile shapes of their own
+and are marked slow (run them with -m slow).
 """
 
 from __future__ import annotations
@@ -162,6 +167,7 @@ def test_cem_equals_the_reference_exactly_iteration_by_iteration():
         assert [rows[i] for i in plan.actions[e][: len(prefix)]] == prefix
 
 
+@pytest.mark.slow  # the suite's budget: see the module docstring
 @pytest.mark.parametrize("kind", P.PLANNERS)
 def test_shared_prefixes_give_the_same_numbers(kind):
     """Rolling each distinct prefix once (the learned arm) changes no value, cut, choice or prediction."""
@@ -179,6 +185,7 @@ def test_shared_prefixes_give_the_same_numbers(kind):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow  # the suite's budget: see the module docstring
 def test_empty_plan_when_no_candidate_has_a_finite_value():
     def nan_step(obs, action):
         return obs + jnp.nan
@@ -209,6 +216,7 @@ def test_cem_sorts_nan_values_last():
 # --------------------------------------------------------------------------- #
 
 
+@pytest.mark.slow  # the suite's budget: see the module docstring
 def test_rows_are_independent_and_keys_determine_the_plan():
     keys = jax.random.split(jax.random.key(3), 6)
     obs = jnp.asarray(np.random.default_rng(4).integers(-4, 5, (6, 2)).astype(np.float64))
@@ -224,6 +232,7 @@ def test_rows_are_independent_and_keys_determine_the_plan():
         assert again.actions.tolist() == together.actions.tolist()
 
 
+@pytest.mark.slow  # the suite's budget: see the module docstring
 def test_random_shooting_draws_uniformly():
     e = 200
     _, trace = _jitted("random-shooting")(jax.random.split(jax.random.key(5), e), jnp.zeros((e, 2)), jnp.full((e,), 500))
@@ -233,6 +242,7 @@ def test_random_shooting_draws_uniformly():
     assert chi2 < 16.27  # chi-square, 3 degrees of freedom, p = 0.001
 
 
+@pytest.mark.slow  # the suite's budget: see the module docstring
 def test_cem_draws_each_step_from_its_refitted_distribution():
     # With one step left, +2 (action 3) is the best move from the origin toward x0 = 3: the elites
     # favour it, and iteration 2 draws step 0 from the skewed refit.
