@@ -142,27 +142,18 @@ def observation_map(arch: Any, obs_dim: int) -> Callable:
     """The model's one-step observation map ``L(params, task, obs, action) -> next obs``.
 
     obs: (B, obs_dim) the task's observations, action: (B, action_dim) ->
-    (B, obs_dim) float32: ``decode(next(encode(obs), action))``, for a
-    multitask model with the observation and action zero-padded to its widths
-    and the action multiplied by the task's action mask (as upstream's
-    planner feeds its dynamics), the decoded observation cut back to the
-    task's width. The learned arm's only contact with the model.
+    (B, obs_dim) float32: the world-model protocol's
+    :meth:`~wmel_jax.model.protocol.WorldModelFunctions.obs_step` of the
+    model's family (``decode(latent_step(encode(obs), action))``; padding and
+    masking for a multitask model are the family's), cut to the task's
+    width. The learned arm's only contact with the model.
     """
-    import jax.numpy as jnp
+    from wmel_jax.model.protocol import functions_of
 
-    from wmel_jax.model import decode, encode, next_latent
+    functions = functions_of(arch)
 
     def step(params, task, obs, action):
-        obs = obs.astype(jnp.float32)
-        action = action.astype(jnp.float32)
-        if obs.shape[-1] < arch.obs_dim:
-            obs = jnp.pad(obs, [(0, 0)] * (obs.ndim - 1) + [(0, arch.obs_dim - obs.shape[-1])])
-        if action.shape[-1] < arch.action_dim:
-            action = jnp.pad(action, [(0, 0)] * (action.ndim - 1) + [(0, arch.action_dim - action.shape[-1])])
-        if arch.has_action_masks:
-            action = action * jnp.take(params["action_masks"], task, axis=0)
-        z = encode(arch, params, obs, task)
-        return decode(arch, params, next_latent(arch, params, z, action, task))[..., :obs_dim]
+        return functions.obs_step(params, task, obs, action)[..., :obs_dim]
 
     return step
 
@@ -380,11 +371,14 @@ class _Outputs:
 
 
 def require_observation_map(model: Any) -> None:
-    """WmelError unless the model has the observation map the planners roll (an observation decoder)."""
-    if not model.arch.has_decoder:
+    """WmelError unless the model has the observation map the planners roll (encode, latent step, decode)."""
+    from wmel_jax.model.protocol import functions_of
+
+    reason = functions_of(model.arch).space_reasons()["observation"]
+    if reason is not None:
         raise WmelError(
-            "no observation decoder (an upstream TD-MPC2 agent checkpoint predicts latents only), so the "
-            "observation-space planners cannot plan with it; a latent-space planner is a later issue"
+            f"{reason}, so the observation-space planners cannot plan with it; a latent-space planner is a "
+            "later issue"
         )
 
 
