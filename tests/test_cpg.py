@@ -83,6 +83,33 @@ def test_oracle_arm_replays_the_reference_loop_with_the_same_candidates(both_arm
         assert (got["success"], got["steps"], got["plan_calls"]) == (ref["success"], ref["steps"], ref["plan_calls"]), k
 
 
+@pytest.mark.slow  # torch batch-of-1 for every candidate step (~40 s)
+def test_learned_arm_replays_the_reference_loop_with_the_same_candidates(both_arms):
+    """The learned arm likewise: the torch checkpoint per call (batch-of-1) plans, dm_control executes."""
+    import torch
+
+    oracle = wmel_jax.make_oracle(TASK)
+    start = EP.start_states(oracle, 0, N)
+    step, actions, _ = RP.model_dynamics(GOOD.replace(".safetensors", ".pt"))
+    planner = RP.RandomShooting(step, R.task_score(TASK), actions)
+    results = both_arms["learned_full"]["results"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for k in range(N):
+            def candidates(call, k=k):
+                return np.asarray(jax.random.randint(EP.plan_key(EP.seed_words(0), k, call), (50, 15), 0, 5,
+                                                     jnp.int32))
+
+            ref = RP.run_episode(TASK, RP.env_at(TASK, start[k]), start[k], planner, horizon=HORIZON,
+                                 candidates=candidates)
+            got = results[k]
+            assert (got["success"], got["steps"], got["plan_calls"]) == \
+                (ref["success"], ref["steps"], ref["plan_calls"]), k
+    finally:
+        torch.set_num_threads(threads)
+
+
 class ToyEnv:
     """The grid world of tests/test_planning.py as an env: success on reaching x0 = 3 (reward 1)."""
 
