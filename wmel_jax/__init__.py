@@ -29,6 +29,8 @@ _LAZY: dict[str, str] = {
     "model_metrics": "wmel_jax.evaluate",
     "EvalOptions": "wmel_jax.pipeline",
     "run_eval": "wmel_jax.pipeline",
+    "CPGOptions": "wmel_jax.planning.cpg",
+    "run_cpg": "wmel_jax.planning.cpg",
     "run_demo": "wmel_jax.demo",
 }
 

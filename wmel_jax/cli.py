@@ -41,6 +41,7 @@ SUBCOMMANDS: dict[str, str] = {
     "eval": "wmel_jax.commands.eval",
     "demo": "wmel_jax.commands.demo",
     "bench": "wmel_jax.commands.bench",
+    "cpg": "wmel_jax.commands.cpg",
 }
 
 

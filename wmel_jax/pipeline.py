@@ -103,6 +103,9 @@ class EvalOptions:
     episode_ids: str | None = None
     #: Replace outputs that exist (never an input, never one output by another).
     force: bool = False
+    #: Pair each model with its downstream gap computed in this run (``eval --cpg``): a
+    #: ``wmel_jax.planning.cpg.CPGOptions`` (its models are this run's), instead of ``downstream`` files.
+    cpg: Any = None
 
 
 def read_array_file(path: str | os.PathLike, what: str) -> np.ndarray:
@@ -620,9 +623,23 @@ def _run_eval(opts: EvalOptions, say: Callable[[str], None], progress) -> dict[s
             )
     model_task = {m.index: t for t, members in grouped for m in members}
     fallback = task if len(grouped) == 1 else None
-    downstream = pair_downstream(
-        list(opts.models), opts.downstream, [model_task.get(i, fallback) for i in range(len(opts.models))]
-    )
+    if opts.cpg is not None:
+        from wmel_jax.planning.cpg import cpg_downstream
+
+        if opts.downstream:
+            raise WmelError("--cpg computes the downstream gap: give it or --downstream files, not both")
+        if len(grouped) > 1:
+            tasks = ", ".join(dict.fromkeys(t for t, _ in grouped))
+            raise WmelError(
+                f"--cpg plans on one task, but these models need {len(grouped)} problems (tasks {tasks}, "
+                f"by task, frame skip and action set): pass --env TASK, or evaluate them separately"
+            )
+        cpg_opts = dataclasses.replace(opts.cpg, models=list(opts.models), labels=labels, env=grouped[0][0])
+        downstream = cpg_downstream(cpg_opts, say=say, progress=progress, outputs=outputs)
+    else:
+        downstream = pair_downstream(
+            list(opts.models), opts.downstream, [model_task.get(i, fallback) for i in range(len(opts.models))]
+        )
 
     groups: list[tuple[dict, list]] = []
     problem = None

@@ -16,15 +16,17 @@ from typing import Callable
 CACHE_ENV = "WMEL_JAX_CACHE_DIR"
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+def add_runtime_arguments(parser: argparse.ArgumentParser, *, chunk_states: bool = True) -> None:
+    """--precision, --chunk-states (unless ``chunk_states`` is False: a command chunking otherwise), the cache."""
     parser.add_argument(
         "--precision", choices=("float64", "float32"), default=None,
         help="the oracle's floating point precision (default float64: see README, 'Precision')",
     )
-    parser.add_argument(
-        "--chunk-states", type=int, default=4096, metavar="C",
-        help="states per kernel call; bounds memory for large N (default 4096)",
-    )
+    if chunk_states:
+        parser.add_argument(
+            "--chunk-states", type=int, default=4096, metavar="C",
+            help="states per kernel call; bounds memory for large N (default 4096)",
+        )
     parser.add_argument(
         "--cache-dir", metavar="DIR",
         help=f"cache of traced kernels (DIR/kernels) and of XLA's compiled programs (DIR/xla), so that "
@@ -80,7 +82,8 @@ def configure_runtime(args: argparse.Namespace) -> None:
 
     from wmel_jax.limits import MAX_CHUNK_STATES, check_count
 
-    check_count(args.chunk_states, "--chunk-states", MAX_CHUNK_STATES)
+    if hasattr(args, "chunk_states"):  # commands that chunk otherwise (cpg) do not take it
+        check_count(args.chunk_states, "--chunk-states", MAX_CHUNK_STATES)
     if (args.precision or DEFAULT_PRECISION) == "float64":
         jax.config.update("jax_enable_x64", True)
     if not args.no_cache:

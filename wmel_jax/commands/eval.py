@@ -47,6 +47,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(latent one-step and k-step errors), reward (reward-ranking agreement: needs a reward head), or all "
         "(default: every one the model has); the kernel does only the asked-for spaces' network work",
     )
+    parser.add_argument(
+        "--cpg", action="store_true",
+        help="also plan with each model and with the oracle (wmel-jax cpg, random shooting by default) and pair "
+        "each cell with its gap, instead of --downstream files",
+    )
+    parser.add_argument("--cpg-episodes", type=int, default=300, metavar="N", help="with --cpg: episodes (300)")
+    parser.add_argument("--cpg-planner", default="random-shooting", metavar="PLANNER",
+                        help="with --cpg: random-shooting (default) or cem")
+    parser.add_argument("--cpg-horizon", type=int, default=500, metavar="T", help="with --cpg: env steps (500)")
+    parser.add_argument("--cpg-output", metavar="OUT",
+                        help="with --cpg: write the CPG JSONs too (a file for one model, a folder for several)")
     parser.add_argument("-o", "--output", metavar="report.json", help="write the JSON report here")
     parser.add_argument("--figure", metavar="F.png",
                         help="draw the metrics with their intervals here (.png, .pdf or .svg, by the extension)")
@@ -56,6 +67,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replace output files that exist (an output is never an input, nor another output)")
     _common.add_runtime_arguments(parser)
     _common.add_output_arguments(parser)
+
+
+def _cpg_options(args: argparse.Namespace):
+    """The ``--cpg`` run's options (None without --cpg); its seed is the evaluation's."""
+    if not args.cpg:
+        from wmel_jax.errors import WmelError
+
+        if args.cpg_output:
+            raise WmelError("--cpg-output needs --cpg")
+        return None
+    from wmel_jax.planning.cpg import CPGOptions
+
+    return CPGOptions(models=args.models, planner=args.cpg_planner, episodes=args.cpg_episodes, seed=args.seed,
+                      horizon=args.cpg_horizon, output=args.cpg_output, precision=args.precision)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         episode_ids=args.episode_ids,
         force=args.force,
+        cpg=_cpg_options(args),
     )
     from wmel_jax import kernel_cache
     from wmel_jax.progress import Progress

@@ -1,0 +1,400 @@
+"""Many planning episodes as one kernel: plan rounds in ``lax`` control flow, finished episodes masked.
+
+An arm (SPEC section 9) runs n episodes through ``E`` slots (the episodes in
+flight, ``chunk_episodes``), all in one jitted program per call:
+
+- every slot holding a running episode plans once per round, all slots at
+  once (the planner is batched over slots x candidates: one dynamics batch of
+  E x C rows per plan step);
+- each slot then executes its own plan prefix (1..15 steps, different per
+  slot) open loop in the true simulator, in a ``lax.while_loop`` of at most
+  ``plan_horizon`` env steps, checking success after every step;
+- a slot whose episode ended (success, the horizon reached, or an empty plan)
+  writes the episode's result and takes the next episode of the run's queue
+  (its start state from a table), so no slot idles while episodes remain: the
+  slots stay busy until the queue runs dry, and only the last episodes run
+  with idle slots beside them (masked work, counted in ``slot_rounds``).
+
+The per-episode state (:class:`Slots`) and the run's state (:class:`Episodes`)
+are pytrees of fixed shapes. A call runs up to ``rounds_per_call`` rounds
+(stopping early once every episode has ended), so the host can show progress
+between calls; the host loop (:func:`run_arm`) does nothing per episode or per
+step.
+
+Randomness is a pure function of (seed, episode, plan call): with ``root =
+fold_in(key(seed mod 2**32), seed // 2**32)``, episode k's start state is the
+task's reset distribution drawn with ``fold_in(fold_in(root, 0), k)``, its
+i-th plan call's candidates with ``fold_in(fold_in(fold_in(root, 1), k), i)``
+(:func:`plan_key`). Results therefore do not
+depend on the slot count, the order in which slots take episodes, or on how
+many rounds a call runs. Both arms use the same keys (the reference seeds
+both arms' planners alike): the same start states, and common random numbers
+for the candidates.
+
+Success: an env step's reward is the task's true reward (dm_control's, the
+oracle's ``step_reward``), averaged over the frame_skip physics steps the
+action is held (for frame_skip 1, dm_control's reward itself), compared with
+the task's threshold (:data:`SUCCESS_THRESHOLDS`).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wmel_jax import kernel_cache
+from wmel_jax.errors import WmelError
+from wmel_jax.planning.planners import PlannerConfig, plan
+
+__all__ = [
+    "SUCCESS_THRESHOLDS",
+    "DEFAULT_CHUNK_EPISODES",
+    "default_chunk_episodes",
+    "MAX_HORIZON",
+    "ROUNDS_PER_CALL",
+    "Slots",
+    "Episodes",
+    "ArmResult",
+    "success_threshold",
+    "start_states",
+    "seed_words",
+    "plan_key",
+    "episode_kernel",
+    "run_arm",
+]
+
+#: The reward an env step must reach to end its episode as a success (SPEC section 9).
+SUCCESS_THRESHOLDS: dict[str, float] = {"cartpole-swingup": 0.6, "acrobot-swingup": 0.6, "reacher-easy": 0.5}
+#: Episodes in flight per kernel call by default: bounds memory (the dynamics
+#: batch is chunk x candidates rows). On CPU a plan step's throughput is flat
+#: from 32 to 256 episodes in flight (3,200 rows already fill the matmuls), and
+#: fewer slots leave less idle at the end of a run, when the last episodes
+#: finish with free slots beside them; accelerators want wide batches.
+DEFAULT_CHUNK_EPISODES = 64
+DEFAULT_CHUNK_EPISODES_ACCELERATOR = 1024
+
+
+def default_chunk_episodes() -> int:
+    """Episodes in flight when not given: DEFAULT_CHUNK_EPISODES on CPU, wider on accelerators."""
+    return DEFAULT_CHUNK_EPISODES if jax.default_backend() == "cpu" else DEFAULT_CHUNK_EPISODES_ACCELERATOR
+#: The longest episode the command accepts (env steps).
+MAX_HORIZON = 10_000
+#: Plan rounds per kernel call: the host reports progress between calls.
+ROUNDS_PER_CALL = 8
+
+_START_STREAM, _PLAN_STREAM = 0, 1
+
+
+def seed_words(seed: int) -> np.ndarray:
+    """A seed (0 .. 2**63 - 1) as two uint32 words (low, high): traced without 64-bit JAX."""
+    seed = int(seed)
+    return np.array([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF], np.uint32)
+
+
+def root_key(words: jax.Array) -> jax.Array:
+    """The run's root key: ``fold_in(key(low word), high word)``."""
+    return jax.random.fold_in(jax.random.key(words[0]), words[1])
+
+
+def plan_key(words: Any, episode: Any, call: Any) -> jax.Array:
+    """The key of episode ``episode``'s plan call ``call``: a pure function of (seed, episode, call)."""
+    root = jax.random.fold_in(root_key(jnp.asarray(words, jnp.uint32)), _PLAN_STREAM)
+    return jax.random.fold_in(jax.random.fold_in(root, episode), call)
+
+
+def success_threshold(task: str) -> float:
+    try:
+        return SUCCESS_THRESHOLDS[task]
+    except KeyError:
+        raise WmelError(f"no success threshold is defined for {task!r}; tasks with one: "
+                        f"{', '.join(sorted(SUCCESS_THRESHOLDS))}") from None
+
+
+class Slots(NamedTuple):
+    """The episodes in flight, one row per slot (E slots).
+
+    episode: (E,) int32 episode index, -1 for an empty slot; obs: (E, obs_dim)
+    the env's current observation; steps: (E,) int32 env steps taken;
+    plan_calls: (E,) int32 plan calls made.
+    """
+
+    episode: jax.Array
+    obs: jax.Array
+    steps: jax.Array
+    plan_calls: jax.Array
+
+
+class Episodes(NamedTuple):
+    """A run of n episodes: the slots, the queue and the results so far.
+
+    next_episode: () int32, the first episode not yet started; success,
+    steps, plan_calls: (n,) per-episode results; ended: (n,) bool; rounds: ()
+    int32 plan rounds run; slot_rounds: () int32 slot-rounds that planned for
+    a running episode (the rest of rounds x E is masked work).
+    """
+
+    slots: Slots
+    next_episode: jax.Array
+    success: jax.Array
+    steps: jax.Array
+    plan_calls: jax.Array
+    ended: jax.Array
+    rounds: jax.Array
+    slot_rounds: jax.Array
+
+
+def initial_episodes(start_obs: np.ndarray, chunk: int) -> Episodes:
+    """Slots holding episodes 0..E-1 (E = min(chunk, n)), the rest of the queue waiting.
+
+    start_obs: (n, obs_dim) every episode's start observation.
+    """
+    n = start_obs.shape[0]
+    e = min(chunk, n)
+    i32 = np.int32
+    slots = Slots(
+        episode=np.arange(e, dtype=i32),
+        obs=np.asarray(start_obs[:e]),
+        steps=np.zeros(e, i32),
+        plan_calls=np.zeros(e, i32),
+    )
+    return Episodes(slots, np.asarray(e, i32), np.zeros(n, bool), np.zeros(n, i32), np.zeros(n, i32),
+                    np.zeros(n, bool), np.asarray(0, i32), np.asarray(0, i32))
+
+
+#: Start states are drawn in blocks of this many episodes: one compiled kernel serves every n.
+START_BLOCK = 256
+
+
+@functools.lru_cache(maxsize=None)
+def _start_kernel(oracle: Any) -> Callable:
+    physics = oracle.physics
+
+    def kernel(seed, first):
+        root = jax.random.fold_in(root_key(seed), _START_STREAM)
+        keys = jax.vmap(lambda k: jax.random.fold_in(root, k))(first + jnp.arange(START_BLOCK))
+        d, aux = physics.reset(keys)
+        return physics.observe(d, aux)
+
+    return kernel
+
+
+def start_states(oracle: Any, seed: int, n: int) -> np.ndarray:
+    """Episode k's start observation for k < n: (n, obs_dim), a pure function of (seed, k).
+
+    The task's reset distribution (dm_control's ``initialize_episode``), drawn
+    with ``fold_in(fold_in(key(seed), 0), k)``.
+    """
+    from wmel_jax.oracle.base import compiler_options, precision_scope
+
+    with precision_scope(oracle.precision):
+        seed_arg = jnp.asarray(seed_words(seed))
+        first = jnp.asarray(0, jnp.int32)
+        compiled, _ = kernel_cache.compiled(_start_kernel(oracle), (seed_arg, first), compiler_options(START_BLOCK))
+        blocks = [np.asarray(compiled(seed_arg, jnp.asarray(b, jnp.int32))) for b in range(0, n, START_BLOCK)]
+    return np.concatenate(blocks)[:n]
+
+
+def _execute(env, chosen, s: Slots, executing, actions, config: PlannerConfig, frame_skip: int, threshold: float):
+    """Each executing slot's plan prefix, open loop in the env: (obs, steps, success) after it.
+
+    A ``lax.while_loop`` over plan steps t: slot e steps while t < its
+    length, until its first success; the loop ends when no slot steps.
+    """
+
+    def go(carry):
+        t, _, _, _, moving = carry
+        return (t < config.horizon) & jnp.any(moving)
+
+    def env_step(carry):
+        t, obs, steps, success, executing = carry
+        moving = executing & (t < chosen.length)
+        nxt, reward = env.step_reward(obs, actions[chosen.actions[:, t]])
+        obs = jnp.where(moving[:, None], nxt, obs)
+        hit = moving & (reward / frame_skip >= threshold)
+        return t + 1, obs, steps + moving, success | hit, moving & ~hit
+
+    start = (jnp.int32(0), s.obs, s.steps, jnp.zeros_like(executing), executing)
+    _, obs, steps, success, _ = jax.lax.while_loop(go, env_step, start)
+    return obs, steps, success
+
+
+def _execute_recorded(chosen, s: Slots, running, frame_skip: int, threshold: float):
+    """The prefix of each running slot, read from the planner's own predictions of it (env = dynamics).
+
+    The episode ends at the first step whose reward reaches the threshold, else
+    after the whole prefix; the state after the last step taken is the slot's
+    new observation.
+    """
+    t = jnp.arange(chosen.actions.shape[1])
+    hits = (t < chosen.length[:, None]) & (chosen.recorded.reward / frame_skip >= threshold)
+    success = running & jnp.any(hits, axis=1)
+    taken = jnp.where(success, jnp.argmax(hits, axis=1) + 1, chosen.length) * running  # (E,) steps this round
+    last = jnp.clip(taken - 1, 0, t.size - 1)
+    reached = jnp.take_along_axis(chosen.recorded.obs, last[:, None, None], axis=1)[:, 0]
+    obs = jnp.where((taken > 0)[:, None], reached.astype(s.obs.dtype), s.obs)
+    return obs, s.steps + taken.astype(jnp.int32), success
+
+
+def episode_kernel(
+    env: Any,
+    dynamics: Callable[[Any, Any], Callable],
+    score: Callable[[jax.Array], jax.Array],
+    config: PlannerConfig,
+    threshold: float,
+    rounds_per_call: int = ROUNDS_PER_CALL,
+    dynamics_is_env: bool = False,
+    share_prefixes: bool = False,
+) -> Callable:
+    """The kernel that advances a run by up to ``rounds_per_call`` plan rounds.
+
+    env: the task's oracle (the true simulator the episodes run in, its
+    ``step_reward``); dynamics(params, task) -> step(obs (B, obs_dim), action
+    (B, action_dim)) -> (B, obs_dim): what the planner rolls candidates
+    through (a model's observation map with its params); score: the task's
+    score of an observation batch. Returns ``kernel(params, task, run,
+    start_obs, seed, actions, horizon) -> run`` (params and task may be None),
+    pure: one compilation serves every checkpoint of an architecture.
+
+    ``dynamics_is_env`` (the oracle arm): the planner rolls candidates through
+    the env itself (``dynamics`` is ignored), so executing the chosen prefix
+    would recompute, step for step, the states and rewards the planner
+    already predicted for it: the kernel reads them from the planner instead
+    (the same function of the same inputs; the physics is compiled once).
+    ``share_prefixes``: see :func:`~wmel_jax.planning.planners.rollout_scores`
+    (for a model's dynamics: each shared level is one more compiled copy).
+    """
+    frame_skip = env.frame_skip
+
+    def kernel(params, task, run: Episodes, start_obs, seed, actions, horizon):
+        n = start_obs.shape[0]
+        step = env.step_reward if dynamics_is_env else dynamics(params, task)
+        plan_root = jax.random.fold_in(root_key(seed), _PLAN_STREAM)
+
+        def key_of(episode, call):  # = plan_key(seed, episode, call)
+            return jax.random.fold_in(jax.random.fold_in(plan_root, episode), call)
+
+        def one_round(run: Episodes) -> Episodes:
+            s = run.slots
+            running = s.episode >= 0
+            keys = jax.vmap(key_of)(jnp.maximum(s.episode, 0), s.plan_calls)
+            chosen = plan(keys, step, score, s.obs, horizon - s.steps, actions, config, record=dynamics_is_env,
+                          share_prefixes=share_prefixes)
+            plan_calls = s.plan_calls + running
+            empty = chosen.length == 0
+            if dynamics_is_env:
+                obs, steps, success = _execute_recorded(chosen, s, running, frame_skip, threshold)
+            else:
+                obs, steps, success = _execute(env, chosen, s, running & ~empty, actions, config, frame_skip,
+                                               threshold)
+            ended = running & (success | (steps >= horizon) | empty)
+
+            # Results of the episodes that ended (index n: dropped).
+            where = jnp.where(ended, s.episode, n)
+            results = dict(
+                success=run.success.at[where].set(success, mode="drop"),
+                steps=run.steps.at[where].set(steps, mode="drop"),
+                plan_calls=run.plan_calls.at[where].set(plan_calls, mode="drop"),
+                ended=run.ended.at[where].set(True, mode="drop"),
+            )
+            # Each freed slot takes the next episode of the queue, in slot order.
+            candidate = run.next_episode + jnp.cumsum(ended) - 1
+            takes = ended & (candidate < n)
+            episode = jnp.where(ended, jnp.where(takes, candidate, -1), s.episode)
+            fresh = start_obs[jnp.clip(candidate, 0, n - 1)]
+            slots = Slots(
+                episode=episode.astype(jnp.int32),
+                obs=jnp.where(takes[:, None], fresh, obs),
+                steps=jnp.where(ended, 0, steps).astype(jnp.int32),
+                plan_calls=jnp.where(ended, 0, plan_calls).astype(jnp.int32),
+            )
+            return Episodes(
+                slots,
+                (run.next_episode + jnp.sum(takes)).astype(jnp.int32),
+                rounds=run.rounds + 1,
+                slot_rounds=run.slot_rounds + jnp.sum(running).astype(jnp.int32),
+                **results,
+            )
+
+        def more(carry):
+            i, run = carry
+            return (i < rounds_per_call) & jnp.any(run.slots.episode >= 0)
+
+        _, run = jax.lax.while_loop(more, lambda c: (c[0] + 1, one_round(c[1])), (jnp.int32(0), run))
+        return run
+
+    return kernel
+
+
+class ArmResult(NamedTuple):
+    """One arm's episodes: success (n,) bool, steps (n,) int, plan_calls (n,) int; and how it ran.
+
+    rounds: plan rounds; slot_rounds: slot-rounds that planned for a running
+    episode (rounds x chunk minus the masked work); compile_s, run_s: seconds.
+    """
+
+    success: np.ndarray
+    steps: np.ndarray
+    plan_calls: np.ndarray
+    rounds: int
+    slot_rounds: int
+    chunk: int
+    compile_s: float
+    run_s: float
+
+
+def run_arm(
+    kernel: Callable,
+    params: Any,
+    task: Any,
+    start_obs: np.ndarray,
+    seed: int,
+    actions: np.ndarray,
+    horizon: int,
+    chunk: int,
+    *,
+    dtype: Any,
+    compiler_options: dict | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> ArmResult:
+    """Run every episode of ``start_obs`` (n, obs_dim) through ``kernel`` (:func:`episode_kernel`).
+
+    ``chunk`` slots in flight; ``progress(episodes ended, n, rounds)`` after
+    each call. ``dtype``: the env's (the oracle's precision).
+    """
+    start = initial_episodes(np.asarray(start_obs, dtype), chunk)
+    n = start_obs.shape[0]
+    args = (
+        params,
+        task,
+        jax.tree_util.tree_map(jnp.asarray, start),
+        jnp.asarray(start_obs, dtype),
+        jnp.asarray(seed_words(seed)),
+        jnp.asarray(actions, dtype),
+        jnp.asarray(horizon, jnp.int32),
+    )
+    compiled, compile_s = kernel_cache.compiled(kernel, args, compiler_options)
+    run = args[2]
+    t0 = time.perf_counter()
+    while True:
+        run = compiled(args[0], args[1], run, *args[3:])
+        ended = int(jnp.sum(run.ended))  # waits for the call: the progress shown is real
+        if progress is not None:
+            progress(ended, n, int(run.rounds))
+        if ended == n:
+            break
+    run = jax.device_get(run)
+    return ArmResult(
+        success=np.asarray(run.success, bool),
+        steps=np.asarray(run.steps, np.int64),
+        plan_calls=np.asarray(run.plan_calls, np.int64),
+        rounds=int(run.rounds),
+        slot_rounds=int(run.slot_rounds),
+        chunk=int(start.slots.episode.shape[0]),
+        compile_s=compile_s,
+        run_s=time.perf_counter() - t0,
+    )
