@@ -59,6 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from wmel_jax import distributed
+
+    try:
+        settings = distributed.settings_from_args(args)
+    except WmelError as e:
+        print(f"wmel-jax: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if settings is not None:
+        # One process of a distributed run: the work runs in a child process, so that
+        # JAX terminating it (another process died) still ends with one line.
+        return distributed.supervise(settings, lambda: _run(args))
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args._run(args) or 0)
     except WmelError as e:

@@ -89,6 +89,11 @@ class EvalOptions:
     #: Metric spaces to compute ("observation", "latent", "reward"; a comma-separated
     #: string or a sequence; None or "all": every space the model has).
     metrics: str | Sequence[str] | None = None
+    #: In a run of several processes, what they split: "states" (every process
+    #: evaluates every model on its share of the states), "models" (each
+    #: evaluates its share of the models on every state), or "auto"
+    #: (:func:`wmel_jax.distributed.plan_split`).
+    split: str = "auto"
 
 
 def read_array_file(path: str | os.PathLike, what: str) -> np.ndarray:
@@ -380,35 +385,73 @@ def score_models(
     spaces: tuple[str, ...],
     chunk_states: int,
     progress: Callable[[int, int, str], None] | None = None,
+    runtime: Any = None,
+    split: str = "auto",
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """The oracle's answers once, then every selected model's cell; (cells, timings).
 
     ``downstream``: each input model's pairing (or None), by input position.
+    ``runtime`` (default the process's) and ``split``: where the work goes
+    (:func:`wmel_jax.distributed.plan_split`); the plan is in
+    ``timings["split"]``. Every process returns every cell.
     """
+    from wmel_jax import distributed
     from wmel_jax.report import make_cell
 
-    targets = oracle_targets(problem, chunk_states)
-    timings: dict[str, float] = {**targets.timings, "model_compile_s": 0.0, "model_run_s": 0.0}
-    # States each architecture's kernel will see in this run (its compile options depend on it).
-    per_arch = Counter(m.model.arch for m in selection.models)
-    cells = []
-    for j, m in enumerate(selection.models):
+    rt = distributed.runtime() if runtime is None else runtime
+    models = selection.models
+    plan = distributed.plan_split([_model_cost(m.model) for m in models], problem.n_states, rt.process_count, split)
+    # Both splits compute the oracle's answers over every device of the run; split by
+    # models, every process then needs all of them.
+    targets = oracle_targets(problem, chunk_states, runtime=rt, gather=plan.kind == "models")
+    timings: dict[str, Any] = {**targets.timings, "model_compile_s": 0.0, "model_run_s": 0.0}
+    # States each architecture's kernel will see in this run (its compile options depend on it:
+    # the whole run's count, so that every split compiles the same programs).
+    per_arch = Counter(m.model.arch for m in models)
+    mine = [j for j in range(len(models)) if plan.kind == "states" or plan.assignment[j] == rt.process_index]
+    where = rt if plan.kind == "states" else rt.local()
+    results: dict[int, tuple[dict, dict]] = {}
+    for i, j in enumerate(mine):
+        m = models[j]
         if progress:
-            progress(j, len(selection.models), m.name)
-        values, t = model_metrics(
+            progress(i, len(mine), m.name)
+        results[j] = model_metrics(
             m.model, problem, targets, chunk_states, total_states=problem.n_states * per_arch[m.model.arch],
-            spaces=spaces,
+            spaces=spaces, runtime=where,
         )
+    if progress:
+        progress(len(mine), len(mine), "")
+    if plan.kind == "models":  # every process gets every model's metrics (JSON: floats round-trip exactly)
+        shared = distributed.allgather_json([[j, *results[j]] for j in mine])
+        results = {j: (values, t) for part in shared for j, values, t in part}
+    cells = []
+    for j, m in enumerate(models):
+        values, t = results[j]
         timings["model_compile_s"] += t["model_compile_s"]
         timings["model_run_s"] += t["model_run_s"]
         cells.append(make_cell(m.label, values, downstream[m.index], env=problem.task))
-    if progress:
-        progress(len(selection.models), len(selection.models), "")
+    timings["split"] = plan
     return cells, timings
 
 
-def run_config(problem, selection: Selection, *, seed: int, spaces: tuple[str, ...], states_path: str | None) -> dict:
-    """The report's ``config``: everything needed to rerun the evaluation."""
+def _model_cost(model: Any) -> float:
+    """A model's relative cost per state: its parameter count (the kernel's work is its matmuls)."""
+    import jax
+
+    return float(sum(np.size(x) for x in jax.tree_util.tree_leaves(model.params)))
+
+
+def run_config(
+    problem, selection: Selection, *, seed: int, spaces: tuple[str, ...], states_path: str | None,
+    runtime: Mapping[str, Any] | None = None,
+) -> dict:
+    """The report's ``config``: everything needed to rerun the evaluation.
+
+    ``runtime``: where it ran (devices, processes, how the work was split);
+    recorded last, it changes none of the numbers beyond the tolerances of
+    :mod:`wmel_jax.distributed`.
+    """
+    extra = {} if runtime is None else {"runtime": dict(runtime)}
     return {
         "env": problem.task,
         "n_states": problem.n_states,
@@ -421,11 +464,19 @@ def run_config(problem, selection: Selection, *, seed: int, spaces: tuple[str, .
         "action_set_source": selection.action_source,
         "metric_spaces_requested": list(spaces),
         "states": "file: " + str(states_path) if states_path else "sampled (seeded random-action rollouts)",
+        **extra,
     }
 
 
 def write_outputs(report: Mapping[str, Any], problem, opts: EvalOptions) -> None:
-    """The run's files, each atomic, written last: an error before this leaves none behind."""
+    """The run's files, each atomic, written last: an error before this leaves none behind.
+
+    In a run of several processes, process 0 alone writes them.
+    """
+    from wmel_jax.distributed import is_writer
+
+    if not is_writer():
+        return
     if opts.save_states:
         save_array_file(opts.save_states, problem.states)
     if opts.output:
@@ -452,7 +503,7 @@ def run_eval(
     every model against the oracle's answers (computed once), assemble the
     report, write the outputs.
     """
-    from wmel_jax import kernel_cache
+    from wmel_jax import distributed, kernel_cache
     from wmel_jax.downstream import pair_downstream
     from wmel_jax.evaluate import METRIC_SPACES
     from wmel_jax.report import build_report
@@ -461,8 +512,10 @@ def run_eval(
     t_start = time.perf_counter()
     cache_before = kernel_cache.stats()
 
+    rt = distributed.runtime()
+    distributed.check_split(opts.split)
     for out in (opts.output, opts.figure, opts.save_states):
-        if out:
+        if out and rt.process_index == 0:  # the one process that writes them
             check_writable(out)
     labels = check_labels(opts.models, opts.labels)
     spaces = requested_spaces(opts.metrics)
@@ -488,8 +541,10 @@ def run_eval(
     )
     t_problem = time.perf_counter()
     cells, run_timings = score_models(
-        problem, selection, downstream, spaces=spaces, chunk_states=opts.chunk_states, progress=progress,
+        problem, selection, downstream, spaces=spaces, chunk_states=opts.chunk_states,
+        progress=progress if rt.process_index == 0 else None, runtime=rt, split=opts.split,
     )
+    plan = run_timings.pop("split")
 
     timings: dict[str, float] = {"load_s": t_loaded - t_start, "states_s": t_problem - t_loaded, **run_timings}
     timings["compile_s"] = timings["oracle_compile_s"] + timings["model_compile_s"]
@@ -501,7 +556,8 @@ def run_eval(
         timings[name] = cache_after.get(name, 0.0) - cache_before.get(name, 0.0)
     timings["total_s"] = time.perf_counter() - t_start
 
-    config = run_config(problem, selection, seed=opts.seed, spaces=spaces, states_path=opts.states)
+    config = run_config(problem, selection, seed=opts.seed, spaces=spaces, states_path=opts.states,
+                        runtime={**rt.describe(), "split": plan.kind, "split_reason": plan.reason})
     report = build_report(config, cells, skips.items, timings, metric_spaces=METRIC_SPACES)
     write_outputs(report, problem, opts)
     return report

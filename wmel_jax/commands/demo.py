@@ -16,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k-steps", type=int, default=10, metavar="K", help="M2 horizon (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     _common.add_runtime_arguments(parser)
+    _common.add_device_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

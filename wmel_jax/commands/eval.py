@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", metavar="report.json", help="write the JSON report here")
     parser.add_argument("--figure", metavar="F.png", help="draw M2 curves and M1/M3 bars here")
     _common.add_runtime_arguments(parser)
+    _common.add_distributed_arguments(parser, split=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,8 +68,13 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         chunk_states=args.chunk_states,
         metrics=args.metrics,
+        split=args.split,
     )
     report = run_eval(opts, progress=_common.progress_bar())
+    from wmel_jax.distributed import is_writer
+
+    if not is_writer():  # process 0 of a distributed run prints and writes for all
+        return 0
     sys.stdout.write(format_table(report))
     for what, path in (("report", args.output), ("figure", args.figure), ("states", args.save_states)):
         if path:
