@@ -53,7 +53,10 @@ def metric_diffs(x: dict, y: dict) -> dict:
 def main(path: str) -> None:
     import wmel_jax
     from wmel_jax import distributed, evaluate
+    from wmel_jax.commands._common import default_cache_dir, enable_compilation_cache
     from wmel_jax.pipeline import EvalOptions, run_eval
+
+    enable_compilation_cache(default_cache_dir())  # $WMEL_JAX_CACHE_DIR, as the CLI would
 
     assert len(jax.devices()) == 4, jax.devices()
     model = wmel_jax.load(EXAMPLE)

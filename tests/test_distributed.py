@@ -102,6 +102,10 @@ def test_unknown_split_is_a_user_error():
 def test_no_flags_no_environment_is_a_single_process():
     assert D.settings_from(environ={}) is None
     assert D.settings_from(environ={"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_STEP_NODELIST": "n1"}) is None
+    # A batch script of a job of 4 tasks runs as a step of one task: not a distributed run.
+    batch = {"SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0", "SLURM_STEP_NODELIST": "n1"}
+    assert D.settings_from(environ=batch) is None
+    assert D.settings_from(num_processes=1, environ={}) is None  # one process asked for: no runtime to join
 
 
 def test_flags_give_the_settings():
@@ -114,9 +118,12 @@ def test_jax_environment_and_clusters_are_detected():
     s = D.settings_from(None, 2, 0, environ={"JAX_COORDINATOR_ADDRESS": "10.0.0.1:9999"})
     assert s.coordinator == "10.0.0.1:9999" and s.source == "flags"
     slurm = D.settings_from(environ={"SLURM_NTASKS": "4", "SLURM_PROCID": "2", "SLURM_STEP_NODELIST": "n[1-4]"})
-    assert slurm is not None and slurm.source == "SLURM" and slurm.coordinator is None  # JAX detects the rest
+    assert slurm.source == "SLURM" and (slurm.num_processes, slurm.process_id) == (4, 2)
+    assert slurm.coordinator is None  # JAX finds it from SLURM's node list and job id
+    step = {"SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "2", "SLURM_STEP_NODELIST": "n[1-4]"}
+    assert D.settings_from(environ=step).source == "SLURM"
     ompi = D.settings_from(environ={"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"})
-    assert ompi is not None and ompi.source == "Open MPI"
+    assert ompi.source == "Open MPI" and (ompi.num_processes, ompi.process_id) == (2, 0)
 
 
 @pytest.mark.parametrize(

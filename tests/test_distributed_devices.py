@@ -33,11 +33,16 @@ KSTEP_METRICS = ("m2_l2_kstep", "m2_curve", "m2_latent_kstep", "m2_latent_curve"
 CHECK = Path(__file__).with_name("distributed_devices_check.py")
 
 
+def shared_cache(tmp_path_factory) -> Path:
+    """A cache folder for the session's distributed tests (the same shapes: traced once, for both modules)."""
+    return tmp_path_factory.getbasetemp() / "distributed-cache"
+
+
 @pytest.fixture(scope="module")
 def four_devices(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("devices") / "summary.json"
     env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"),
-               WMEL_JAX_CACHE_DIR="off")
+               WMEL_JAX_CACHE_DIR=str(shared_cache(tmp_path_factory)))
     proc = subprocess.run([sys.executable, str(CHECK), str(out)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(out.read_text())

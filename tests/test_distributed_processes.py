@@ -28,8 +28,9 @@ from wmel_jax.distributed import EXIT_PEER_LOST
 EXAMPLES = Path(__file__).resolve().parents[1] / "wmel_jax" / "examples"
 #: reacher-easy: the cheapest of the three oracles to compile.
 MODELS = [str(EXAMPLES / f"reacher-easy-{q}.safetensors") for q in ("good", "weak")]
-#: The suite's state count; 64 states per call (the single-process chunks are the 2-process ones).
-ARGS = ["--n-states", "150", "--k-steps", "10", "--chunk-states", "64", "--seed", "1"]
+#: The suite's state count; 32 states per call and device: the single-process chunks are the 2-process
+#: ones (and tests/test_distributed_devices.py's, whose cache folder this module shares).
+ARGS = ["--n-states", "150", "--k-steps", "10", "--chunk-states", "32", "--seed", "3"]
 #: Seconds any run here may take (the machine is shared; a cold run compiles for ~10 s).
 RUN_TIMEOUT = 300
 #: A dead process is declared so after this many seconds without heartbeats (short, for the test).
@@ -125,8 +126,10 @@ def runs(tmp_path_factory) -> dict:
        automatic choice for 2 cells of 150 states): three processes writing one cache folder;
     2. two processes, ``--split states``: its programs were traced by 1, so it reads them.
     """
+    from test_distributed_devices import shared_cache
+
     root = tmp_path_factory.mktemp("processes")
-    cache = root / "cache"
+    cache = shared_cache(tmp_path_factory)
     out = {"root": root, "cache": cache}
     single = _start(["eval", *MODELS, *ARGS, "-o", root / "single.json", "--cache-dir", cache])
     models = _distributed(2, *MODELS, *ARGS, "-o", root / "models.json", "--cache-dir", cache)

@@ -11,7 +11,7 @@ kernel, as ``jax.shard_map`` of the kernel's exported program
   the same size, on the same rows: per-row results (the oracle's answers, a
   model's predictions) are the same arithmetic;
 - a kernel's sums over rows (the metrics' chunk sums) stay one per device and
-  are added on the host, in row order, exactly as chunk sums are added today
+  are added on the host, in row order, as a one-device run adds its chunks'
   (nothing is reduced across devices inside a kernel, so nothing is
   reassociated there): a run on D devices at ``--chunk-states D*c`` adds the
   same float64 parts in the same order as a one-device run at
@@ -42,9 +42,10 @@ holds only its own devices' rows (``jax.make_array_from_process_local_data``).
 
 Processes: :func:`settings_from` reads ``--coordinator HOST:PORT
 --num-processes N --process-id I`` (or JAX's ``JAX_COORDINATOR_ADDRESS``,
-or a SLURM / Open MPI job of several tasks, which ``jax.distributed``
-detects itself); :func:`initialize` calls ``jax.distributed.initialize``
-with bounded timeouts, and on CPU the collectives run over gloo. Process 0
+or the task count and rank of a SLURM step or Open MPI job of several
+tasks, where ``jax.distributed`` finds the coordinator itself);
+:func:`initialize` calls ``jax.distributed.initialize`` with bounded
+timeouts, and on CPU the collectives run over gloo. Process 0
 alone writes outputs (:func:`is_writer`). A process that dies stops sending
 heartbeats; JAX's coordination service then terminates every other process
 within the heartbeat timeout (``--peer-timeout``), and :func:`supervise`
@@ -616,16 +617,24 @@ class Settings:
 _ADDRESS = re.compile(r"^\[?[A-Za-z0-9_.:-]+\]?:(\d{1,5})$")
 
 
-def _cluster_tasks(environ: Mapping[str, str]) -> tuple[str, int] | None:
-    """(cluster, task count) of a SLURM step or Open MPI job of several tasks, else None."""
-    for name, count, rank in (("SLURM", "SLURM_NTASKS", "SLURM_PROCID"),
-                              ("Open MPI", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK")):
+def _cluster_tasks(environ: Mapping[str, str]) -> tuple[str, int, int] | None:
+    """(cluster, task count, this task's rank) of a SLURM job step or an Open MPI job of several tasks, else None.
+
+    SLURM: the tasks of this step (``srun``), not of the allocation: a batch
+    script's own step is one task, whatever ``--ntasks`` the job asked for.
+    """
+    def count(name: str) -> int:
         try:
-            n = int(environ.get(count, ""))
+            return int(environ.get(name, ""))
         except ValueError:
-            continue
-        if n > 1 and rank in environ and (name != "SLURM" or "SLURM_STEP_NODELIST" in environ):
-            return name, n
+            return 0
+
+    if "SLURM_PROCID" in environ and "SLURM_STEP_NODELIST" in environ:
+        n = count("SLURM_STEP_NUM_TASKS") if "SLURM_STEP_NUM_TASKS" in environ else count("SLURM_NTASKS")
+        if n > 1:
+            return "SLURM", n, count("SLURM_PROCID")
+    if "OMPI_COMM_WORLD_RANK" in environ and count("OMPI_COMM_WORLD_SIZE") > 1:
+        return "Open MPI", count("OMPI_COMM_WORLD_SIZE"), count("OMPI_COMM_WORLD_RANK")
     return None
 
 
@@ -654,6 +663,8 @@ def settings_from(
         return None
     if num_processes is not None:
         _count(num_processes, "--num-processes")
+        if num_processes == 1 and process_id in (None, 0):  # asked for one process: no distributed run
+            return None
     if process_id is not None and (isinstance(process_id, bool) or not isinstance(process_id, int) or process_id < 0):
         raise WmelError(f"--process-id must be a non-negative int; got {process_id!r}")
     if num_processes is not None and process_id is not None and process_id >= num_processes:
@@ -670,6 +681,9 @@ def settings_from(
         if missing:
             raise WmelError(f"a run of several processes needs {', '.join(missing)} (or a SLURM / Open MPI job)")
     source = "flags" if given else ("JAX_COORDINATOR_ADDRESS" if cluster is None else cluster[0])
+    if cluster is not None:  # the cluster's count and rank, unless given (JAX finds the coordinator there)
+        num_processes = cluster[1] if num_processes is None else num_processes
+        process_id = cluster[2] if process_id is None else process_id
     return Settings(address, num_processes, process_id, timeout, source)
 
 
@@ -706,8 +720,10 @@ def initialize(settings: Settings) -> None:
         )
     except (RuntimeError, ValueError) as e:  # JaxRuntimeError is a RuntimeError
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = "" if settings.source == "flags" else (
+            f" (the run's processes were taken from {settings.source}; pass --num-processes 1 to run alone)")
         raise WmelError(f"{settings.describe()}: could not join the distributed run at "
-                        f"{settings.coordinator or '(detected address)'} within {5 * t} s: {first}") from None
+                        f"{settings.coordinator or '(detected address)'} within {5 * t} s: {first}{hint}") from None
 
 
 def finish(code: int) -> None:
