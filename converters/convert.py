@@ -34,9 +34,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from wmel_jax.errors import WmelError
-from wmel_jax.fileio import check_output_path
+from wmel_jax.fileio import OutputSet, check_input, open_input
+from wmel_jax.limits import MAX_ACTIONS, MAX_FRAME_SKIP, check_count
 from wmel_jax.model.arch import DEFAULT_SIMNORM_DIM, Arch, infer_arch
-from wmel_jax.model.fileformat import write_model_file
+from wmel_jax.model.fileformat import model_file_bytes
 
 from wmel_jax.converters.tasks import determine_task, upstream_task_names
 
@@ -116,39 +117,34 @@ def convert(
 ) -> Conversion:
     """:func:`convert_checkpoint`, returning the :class:`Conversion` record."""
     src, dst = Path(src), Path(dst)
-    _check_source(src)
-    check_output_path(dst, force)
-    if dst.exists() and dst.resolve() == src.resolve():
-        raise WmelError(f"output {str(dst)!r} is the input checkpoint itself")
+    check_input(src, "checkpoint")
+    # Every output check before any work: an existing DST needs --force; DST is never SRC.
+    outputs = OutputSet(force=force)
+    outputs.add_input(src, "checkpoint")
+    outputs.add(dst, "output")
     if frame_skip is not None and (isinstance(frame_skip, bool) or int(frame_skip) < 1):
         raise WmelError(f"--frame-skip must be a positive integer, got {frame_skip}")
+    if frame_skip is not None:
+        check_count(int(frame_skip), "--frame-skip", MAX_FRAME_SKIP)
     torch = _import_torch()
-    digest, size = _sha256(src)
-    blob = _torch_load(torch, src)
+    # One descriptor, checked to be a regular file, for the digest and torch.load (a FIFO would block).
+    with open_input(src, "checkpoint") as f:
+        digest, size = _sha256(f, src)
+        f.seek(0)
+        blob = _torch_load(torch, f, src)
     params, header, arch = _convert_blob(torch, blob, env=env, frame_skip=frame_skip)
     header["source"] = {"file": src.name, "sha256": digest, "size_bytes": size}
     from wmel_jax import __version__
 
     header["converter"] = {"name": "wmel-jax convert", "version": f"{__version__}/{CONVERTER_VERSION}"}
-    write_model_file(dst, params, header)
+    outputs.write(dst, model_file_bytes(params, header))
+    outputs.commit()
     return Conversion(src=src, dst=dst, arch=arch, header=header)
 
 
 # --------------------------------------------------------------------------- #
 # Reading the source safely
 # --------------------------------------------------------------------------- #
-
-
-def _check_source(src: Path) -> None:
-    if not src.exists():
-        raise WmelError(f"checkpoint {str(src)!r} does not exist")
-    if src.is_dir():
-        raise WmelError(f"checkpoint {str(src)!r} is a directory, not a file")
-    try:
-        with open(src, "rb"):
-            pass
-    except OSError as e:
-        raise WmelError(f"cannot read checkpoint {str(src)!r}: {e.strerror or e}") from None
 
 
 def _import_torch() -> Any:
@@ -161,14 +157,13 @@ def _import_torch() -> Any:
     return torch
 
 
-def _sha256(src: Path) -> tuple[str, int]:
+def _sha256(f: Any, src: Path) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
     try:
-        with open(src, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-                size += len(chunk)
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+            size += len(chunk)
     except OSError as e:
         raise WmelError(f"cannot read checkpoint {str(src)!r}: {e.strerror or e}") from None
     if size == 0:
@@ -188,13 +183,14 @@ def _reason(text: str) -> str:
     return chosen.split(". ")[0].rstrip(".")[:200]
 
 
-def _torch_load(torch: Any, src: Path) -> Any:
+def _torch_load(torch: Any, f: Any, src: Path) -> Any:
+    """``torch.load`` of the open checkpoint ``f`` (``src`` names it in messages), tensors and containers only."""
     import pickle
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(src, map_location="cpu", weights_only=True)
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         reason = _reason(str(e))
         if "GLOBAL" in reason:
@@ -443,6 +439,16 @@ def _action_set(torch: Any, blob: Mapping[str, Any], action_dim: int) -> np.ndar
         )
     if not np.isfinite(actions).all():
         raise WmelError("the checkpoint's action set contains NaN or infinite values")
+    if actions.shape[0] > MAX_ACTIONS:
+        raise WmelError(f"the checkpoint's action set has {actions.shape[0]} actions, more than {MAX_ACTIONS}")
+    _, first, inverse = np.unique(actions, axis=0, return_index=True, return_inverse=True)
+    repeated = [i for i in range(actions.shape[0]) if first[inverse.ravel()[i]] != i]
+    if repeated:
+        i = repeated[0]
+        raise WmelError(
+            f"the checkpoint's action set lists action {actions[i].tolist()} twice (rows {int(first[inverse.ravel()[i]])} "
+            f"and {i}); an action set names each action once"
+        )
     return actions
 
 
@@ -558,6 +564,7 @@ def _convert_blob(
         skip, skip_source = UPSTREAM_FRAME_SKIP, "upstream TD-MPC2 DMC default (action repeat 2)"
     else:
         skip, skip_source = ADAPTER_FRAME_SKIP, "adapter default (no meta.frame_skip)"
+    check_count(skip, f"frame_skip ({skip_source})", MAX_FRAME_SKIP)
 
     header: dict[str, Any] = {
         "schema": schema,

@@ -221,16 +221,16 @@ def test_unreadable_file(tmp_path, capsys, checkpoints, monkeypatch):
         # interpreter, which lives under /root), so as root the kernel's refusal
         # is simulated where the converter opens the file: the same errno, the
         # same code path from the CLI down.
-        import builtins
+        from wmel_jax import fileio
 
-        import wmel_jax.converters.convert as convert_module
+        real_open = os.open
 
         def refuse(path, *args, **kwargs):
             if Path(path) == src:
                 raise PermissionError(13, os.strerror(13), str(path))
-            return builtins.open(path, *args, **kwargs)
+            return real_open(path, *args, **kwargs)
 
-        monkeypatch.setattr(convert_module, "open", refuse, raising=False)
+        monkeypatch.setattr(fileio.os, "open", refuse)
     try:
         err = _assert_user_error(capsys, tmp_path, {"locked.pt"}, src, match="cannot read checkpoint")
         assert "permission denied" in err.lower(), err

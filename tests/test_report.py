@@ -312,7 +312,7 @@ def test_bad_downstream_is_a_one_line_user_error(tmp_path, content, message):
 def test_missing_downstream_file(tmp_path):
     with pytest.raises(WmelError, match="does not exist"):
         ds.read_downstream(tmp_path / "nope.json")
-    with pytest.raises(WmelError, match="is not a file"):
+    with pytest.raises(WmelError, match="is a directory, not a regular file"):
         ds.read_downstream(tmp_path)
 
 

@@ -10,12 +10,11 @@ torch.
 
 from __future__ import annotations
 
-import json
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from wmel_jax.errors import WmelError
+from wmel_jax.fileio import OutputSet, json_text, read_json_file, temporary_directory
 
 __all__ = ["EXAMPLES_DIR", "example_models", "run_demo"]
 
@@ -26,20 +25,18 @@ def example_models(examples_dir: Path = EXAMPLES_DIR) -> list[dict[str, Any]]:
     """The manifest's model entries (task, quality, pt, converted, sha256, reference metrics...)."""
     manifest = examples_dir / "manifest.json"
     try:
-        return list(json.loads(manifest.read_text())["models"])
-    except (OSError, ValueError, KeyError) as e:
+        return list(read_json_file(manifest, "example manifest")["models"])
+    except (WmelError, TypeError, KeyError) as e:
         raise WmelError(f"the example manifest {str(manifest)!r} is missing or unreadable ({e})") from None
 
 
 def _usable_conversion(entry: dict[str, Any], examples_dir: Path) -> Path | None:
     """The shipped conversion, if it is the conversion of the shipped .pt."""
-    from wmel_jax.model.fileformat import read_model_file
+    from wmel_jax.model.fileformat import read_model_header
 
     converted = examples_dir / entry["converted"]
-    if not converted.is_file():
-        return None
     try:
-        header, _, _ = read_model_file(converted)
+        header, _ = read_model_header(converted)
     except WmelError:
         return None
     return converted if header.get("source", {}).get("sha256") == entry["sha256"] else None
@@ -73,31 +70,56 @@ def run_demo(
     examples_dir: Path = EXAMPLES_DIR,
     say: Callable[[str], None] = print,
     progress: Callable[[int, int, str], None] | None = None,
+    force: bool = False,
 ) -> tuple[list[dict[str, Any]], list[Path]]:
     """Evaluate every example model, one report per task; (reports, files written).
 
     Writes ``report-<task>.json`` per task and one figure, ``demo.png``, with a
-    row of panels per task, into ``out_dir`` (created if needed).
+    row of panels per task, into ``out_dir`` (created if needed), all together
+    once everything is computed. The files of an earlier demo there are
+    replaced only with ``force`` (checked before any work).
     """
-    from wmel_jax.figure import plot_reports
-    from wmel_jax.pipeline import EvalOptions, run_eval
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise WmelError(f"demo output {str(out)!r} exists and is not a directory")
     entries = example_models(examples_dir)
     tasks = list(dict.fromkeys(e["task"] for e in entries))
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WmelError(f"cannot create the demo output directory {str(out)!r}: {e.strerror or e}") from None
+    try:
+        return _run_demo(out, entries, tasks, n_states=n_states, k_steps=k_steps, seed=seed, precision=precision,
+                         chunk_states=chunk_states, examples_dir=examples_dir, say=say, progress=progress,
+                         force=force)
+    except BaseException:
+        if created:  # leave no empty folder behind
+            try:
+                out.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def _run_demo(out: Path, entries: list[dict[str, Any]], tasks: list[str], *, n_states: int, k_steps: int, seed: int,
+              precision: str | None, chunk_states: int, examples_dir: Path, say: Callable[[str], None],
+              progress: Callable[[int, int, str], None] | None, force: bool
+              ) -> tuple[list[dict[str, Any]], list[Path]]:
+    from wmel_jax.figure import render_png
+    from wmel_jax.pipeline import EvalOptions, run_eval
+
+    outputs = OutputSet(force=force)
+    report_paths = {task: out / f"report-{task}.json" for task in tasks}
+    for task, path in report_paths.items():
+        outputs.add(path, f"demo report for {task}")
+    figure = out / "demo.png"
+    outputs.add(figure, "demo figure")
     reports: list[dict[str, Any]] = []
-    written: list[Path] = []
-    with tempfile.TemporaryDirectory(prefix="wmel-demo-") as tmp:
-        paths = {e["converted"]: _resolve(e, examples_dir, Path(tmp), say) for e in entries}
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise WmelError(f"cannot create the demo output directory {str(out)!r}: {e.strerror or e}") from None
+    with temporary_directory(prefix="wmel-demo-") as tmp:
+        paths = {e["converted"]: _resolve(e, examples_dir, tmp, say) for e in entries}
         for task in tasks:
             chosen = [e for e in entries if e["task"] == task]
-            report_path = out / f"report-{task}.json"
             say(f"\n== {task}: {', '.join(e['quality'] for e in chosen)} ==")
             report = run_eval(
                 EvalOptions(
@@ -109,15 +131,13 @@ def run_demo(
                     seed=seed,
                     precision=precision,
                     chunk_states=chunk_states,
-                    output=str(report_path),
                 ),
                 progress=progress,
             )
             reports.append(report)
-            written.append(report_path)
+            outputs.write(report_paths[task], json_text(report))
             from wmel_jax.report import format_table
 
             say(format_table(report).rstrip("\n"))
-    figure = plot_reports(reports, out / "demo.png")
-    written.append(figure)
-    return reports, written
+    outputs.write(figure, render_png(reports))
+    return reports, outputs.commit()

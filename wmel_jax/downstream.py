@@ -14,11 +14,9 @@ whose environment is not the evaluated task, is a user error.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from wmel_jax.errors import WmelError
@@ -111,22 +109,11 @@ def read_downstream(path: str | os.PathLike) -> Downstream:
     Errors: missing or unreadable file, not JSON, not a JSON object, no
     ``cpg.gap``, a gap that is not a finite number, no ``environment``.
     """
-    p = Path(path)
+    from wmel_jax.fileio import read_json_file
+
     shown = str(path)
-    if not p.exists():
-        raise WmelError(f"downstream file {shown!r} does not exist")
-    if not p.is_file():
-        raise WmelError(f"downstream file {shown!r} is not a file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise WmelError(f"cannot read downstream file {shown!r}: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise WmelError(f"downstream file {shown!r} is not JSON (not UTF-8 text)") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise WmelError(f"downstream file {shown!r} is not JSON ({e.msg} at line {e.lineno})") from None
+    # A regular file of bounded size, parsed with every JSON failure (nesting too deep too) one line.
+    data = read_json_file(path, "downstream file")
     if not isinstance(data, dict):
         raise WmelError(f"downstream file {shown!r} is not a JSON object with a cpg.gap")
     cpg = data.get("cpg")

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from typing import Any, Callable, Mapping
 
@@ -78,6 +79,8 @@ __all__ = [
     "model_compiler_options",
     "check_model_fits",
     "model_task_index",
+    "non_finite_metrics",
+    "NON_FINITE_REASON",
 ]
 
 DEFAULT_N_STATES = 150
@@ -192,8 +195,9 @@ def draw_action_sequence(key: jax.Array, actions: np.ndarray, k_steps: int) -> n
 
     actions: (A, action_dim) -> (k_steps, action_dim), numpy.
     """
-    if k_steps < 1:
-        raise WmelError(f"k_steps must be a positive int; got {k_steps}")
+    from wmel_jax.limits import MAX_K_STEPS, check_count
+
+    k_steps = check_count(k_steps, "k_steps", MAX_K_STEPS)
     idx = np.asarray(jax.random.randint(key, (k_steps,), 0, actions.shape[0]))
     return np.asarray(actions)[idx]
 
@@ -217,17 +221,29 @@ def make_problem(
     to the task's default action set. Everything is validated here, at the
     boundary: widths, finiteness (the first bad row is named), actuator range.
     """
+    from wmel_jax import limits
     from wmel_jax.oracle import DEFAULT_PRECISION, make_oracle
 
-    if states is None and (isinstance(n_states, bool) or not isinstance(n_states, int) or n_states < 1):
-        raise WmelError(f"n_states must be a positive int; got {n_states!r}")
-    if action_sequence is None and (isinstance(k_steps, bool) or not isinstance(k_steps, int) or k_steps < 1):
-        raise WmelError(f"k_steps must be a positive int; got {k_steps!r}")
+    if states is None:
+        n_states = limits.check_count(n_states, "n_states (--n-states)", limits.MAX_N_STATES)
+    if action_sequence is None:
+        k_steps = limits.check_count(k_steps, "k_steps (--k-steps)", limits.MAX_K_STEPS)
+    seed = limits.check_seed(seed, "seed (--seed)")
     precision = DEFAULT_PRECISION if precision is None else precision
     oracle = make_oracle(task, frame_skip=frame_skip, precision=precision)
-    action_set = oracle.validate_actions(oracle.actions if actions is None else actions, "action set row")
-    if action_set.shape[0] < 1:
-        raise WmelError("the action set is empty")
+    action_set = check_distinct_actions(
+        oracle.validate_actions(oracle.actions if actions is None else actions, "action set"), "action set"
+    )
+    if states is not None:
+        states = oracle.validate_state_range(oracle.validate_states(states, "state"), "state")
+    if action_sequence is not None:
+        action_sequence = oracle.validate_actions(action_sequence, "action sequence")
+    # Every size bounded before any work (the sampler would allocate N states at once).
+    limits.check_problem_size(
+        n_states if states is None else states.shape[0],
+        action_set.shape[0],
+        k_steps if action_sequence is None else action_sequence.shape[0],
+    )
     key_states, key_sequence = jax.random.split(jax.random.key(seed))
     if states is None:
         from wmel_jax.states import sample_states
@@ -236,15 +252,25 @@ def make_problem(
             sample_states(key_states, task, n_states, actions=action_set, frame_skip=frame_skip, precision=precision),
             dtype=np.float64,
         )
-    else:
-        states = oracle.validate_states(states, "state")
     if action_sequence is None:
         action_sequence = draw_action_sequence(key_sequence, action_set, k_steps)
-    else:
-        action_sequence = oracle.validate_actions(action_sequence, "action sequence row")
     for arr in (states, action_set, action_sequence):
         arr.setflags(write=False)
     return Problem(task, oracle.frame_skip, oracle.precision, states, action_set, action_sequence, seed)
+
+
+def check_distinct_actions(actions: np.ndarray, what: str) -> np.ndarray:
+    """``actions`` (A, action_dim), unless an action appears twice (M3 would rank it against itself)."""
+    seen: dict[bytes, int] = {}
+    for i, row in enumerate(np.asarray(actions, np.float64)):
+        key = (row + 0.0).tobytes()  # -0.0 and 0.0 are one action
+        if key in seen:
+            raise WmelError(
+                f"{what} rows {seen[key]} and {i} are the same action {row.tolist()}; an action set names each "
+                "action once"
+            )
+        seen[key] = i
+    return actions
 
 
 # --------------------------------------------------------------------------- #
@@ -258,8 +284,9 @@ def _layout(runtime: Any, n: int, chunk_states: int):
     On one device: calls of ``min(n, chunk_states)`` states, the last one
     padded with copies of the last state (masked out).
     """
-    if isinstance(chunk_states, bool) or not isinstance(chunk_states, (int, np.integer)) or chunk_states < 1:
-        raise WmelError(f"chunk size must be a positive int; got {chunk_states}")
+    from wmel_jax.limits import MAX_CHUNK_STATES, check_count
+
+    check_count(chunk_states, "chunk size (--chunk-states)", MAX_CHUNK_STATES)
     return runtime.layout(n, int(chunk_states))
 
 
@@ -661,6 +688,15 @@ def model_metrics(
         rank, rank_used = combined("reward_rank")
         result.update(reward_rank_agreement=rank, reward_rank_states_used=rank_used)
     unavailable = _unavailable(model.arch, requested_spaces(spaces))
+    # A metric that overflowed is null with its reason, never a silent null.
+    for curve, last in (("m2_curve", "m2_l2_kstep"), ("m2_latent_curve", "m2_latent_kstep")):
+        if result.get(curve) is not None and not all(math.isfinite(v) for v in result[curve]):
+            result[curve] = result[last] = None
+            unavailable[curve] = unavailable[last] = NON_FINITE_REASON
+    for metric in ("m1_l2_onestep", "m3_action_agreement", "m1_latent_onestep", "reward_rank_agreement"):
+        if result.get(metric) is not None and not math.isfinite(result[metric]):
+            result[metric] = None
+            unavailable[metric] = NON_FINITE_REASON
     if unavailable:
         result["unavailable"] = unavailable
     return result, {"model_compile_s": compile_s, "model_run_s": run_s}
@@ -686,6 +722,17 @@ def _target_rows(targets: OracleTargets, take: np.ndarray, valid: np.ndarray) ->
                     np.zeros((n, *targets.rewards.shape[1:]), targets.rewards.dtype),
                     np.zeros((targets.trajectory.shape[0], n, *targets.trajectory.shape[2:]), targets.trajectory.dtype))
     return targets.next_obs[at], targets.scores[at], targets.rewards[at], targets.trajectory[:, at]
+
+
+#: The ``unavailable`` reason of a metric that came out NaN or infinite.
+NON_FINITE_REASON = (
+    "not finite: the model's predictions overflow (or are NaN) on these states, so the metric is NaN or infinite"
+)
+
+
+def non_finite_metrics(values: Mapping[str, Any]) -> list[str]:
+    """The metrics of a :func:`model_metrics` result that came out non-finite (null, with NON_FINITE_REASON)."""
+    return [k for k, why in (values.get("unavailable") or {}).items() if why == NON_FINITE_REASON]
 
 
 #: A run putting at most this many states through a model kernel in all compiles
@@ -741,15 +788,19 @@ def precompile_oracle_targets(
     future, or None when the arguments are not valid (``make_problem`` reports
     those).
     """
+    from wmel_jax import limits
     from wmel_jax.oracle import DEFAULT_PRECISION, make_oracle
     from wmel_jax.oracle.base import precision_scope
 
     try:
         precision = DEFAULT_PRECISION if precision is None else precision
         oracle = make_oracle(task, frame_skip=frame_skip, precision=precision)
-        action_set = oracle.validate_actions(oracle.actions if actions is None else actions, "action set row")
-        if int(n_states) < 1 or int(k_steps) < 1 or action_set.shape[0] < 1:
-            return None
+        action_set = check_distinct_actions(
+            oracle.validate_actions(oracle.actions if actions is None else actions, "action set"), "action set"
+        )
+        # Out of bounds: make_problem says so, and nothing compiles meanwhile.
+        limits.check_problem_size(n_states, action_set.shape[0], k_steps)
+        limits.check_count(chunk_states, "chunk size", limits.MAX_CHUNK_STATES)
         kernel, args, options, placement = _oracle_compile_spec(
             oracle, int(n_states), action_set.shape[0], int(k_steps), int(chunk_states), runtime
         )

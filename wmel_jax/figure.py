@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 from wmel_jax.fileio import atomic_output
 
-__all__ = ["plot_report", "plot_reports"]
+__all__ = ["plot_report", "plot_reports", "render_png"]
 
 
 def _label(cell: Mapping[str, Any]) -> str:
@@ -35,6 +35,17 @@ def plot_report(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
 
 def plot_reports(reports: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
     """Several reports (one per task, say) in one PNG: one row of panels per report."""
+    png = render_png(reports)
+    path = Path(path)
+    with atomic_output(path, "wb") as f:
+        f.write(png)
+    return path
+
+
+def render_png(reports: Sequence[Mapping[str, Any]]) -> bytes:
+    """The PNG of :func:`plot_reports`, as bytes (for an :class:`~wmel_jax.fileio.OutputSet`)."""
+    import io
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -47,12 +58,10 @@ def plot_reports(reports: Sequence[Mapping[str, Any]], path: str | os.PathLike) 
     for subfig, report in zip(rows, reports):
         _draw(subfig, report)
 
-    # Render fully before opening the output, so a drawing error leaves nothing.
-    fig.canvas.draw()
-    path = Path(path)
-    with atomic_output(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    return path
+    # Rendered fully in memory: a drawing error leaves no file.
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
 
 
 def _draw(fig: Any, report: Mapping[str, Any]) -> None:

@@ -64,6 +64,7 @@ import json
 import os
 import platform
 import re
+import stat
 import sys
 import tempfile
 import threading
@@ -383,24 +384,92 @@ def disk_key(kernel: Callable, avals: tuple) -> tuple[str, dict[str, Any]]:
 # files
 # --------------------------------------------------------------------------- #
 
+#: The largest cache entry read back (the biggest kernels' programs and
+#: executables are a few MB); a bigger file is ignored and replaced.
+MAX_ENTRY_BYTES = 256 * 2**20
+
+_REPORTED: set[str] = set()
+
+
+def _report_directory(path: Path) -> None:
+    """One warning line per process and path: a folder sits where a cache entry belongs."""
+    key = str(path)
+    with _LOCK:
+        if key in _REPORTED:
+            return
+        _REPORTED.add(key)
+    print(f"wmel-jax: warning: cache entry {key!r} is a directory, so this kernel cannot be cached; "
+          "remove it", file=sys.stderr)
+
+
+def _read_entry(path: Path) -> bytes | None:
+    """A cache entry's bytes; None when it is not a regular file of at most MAX_ENTRY_BYTES.
+
+    FileNotFoundError when there is none. Never follows a link (an entry
+    linked to /dev/zero would be read forever), never blocks (a FIFO), never
+    reads more than the entry's size, checked first.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        _report_directory(path)
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ENTRY_BYTES:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)  # the file opened, which may not be the one stat'ed
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ENTRY_BYTES:
+            return None
+        chunks, left = [], st.st_size
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
 
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
 
     Readers (other processes too) see the old file or the whole new one,
-    never part of one; a failure leaves no temporary file behind.
+    never part of one; a failure leaves no temporary file behind. Whatever
+    is at ``path`` (a bad file, a link, a FIFO) is replaced, except a folder,
+    which is reported once.
     """
+    from wmel_jax import fileio
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+    fileio.register_temporary(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and path.is_dir() and not path.is_symlink():
+            _report_directory(path)
         raise
+    finally:
+        fileio.unregister_temporary(tmp)
 
 
 def _write(path: Path, material: dict[str, Any], payload: bytes, namedtuples: list[list[str]]) -> None:
@@ -420,10 +489,10 @@ def _write(path: Path, material: dict[str, Any], payload: bytes, namedtuples: li
 def _read(path: Path, material: dict[str, Any]) -> tuple[bytes, list] | None:
     """(payload, named tuple types) of a stored kernel whose header matches ``material``; None if absent or not valid."""
     try:
-        data = path.read_bytes()
+        data = _read_entry(path)
     except FileNotFoundError:
         return None
-    except OSError:
+    if data is None:
         _count("rejected")
         return None
     try:
@@ -536,20 +605,18 @@ def _xla_cache_class() -> type:
             if path is None:
                 return None
             try:
-                data = path.read_bytes()
+                data = _read_entry(path)
             except FileNotFoundError:
                 return None
-            except OSError:
-                _count("xla_rejected")
-                return None
             head = _XLA_MAGIC + key.encode() + b"\x00"
-            body = data[len(head) + 32 :]
-            if not data.startswith(head) or data[len(head) : len(head) + 32] != hashlib.sha256(body).digest():
+            body = b"" if data is None else data[len(head) + 32 :]
+            if data is None or not data.startswith(head) or data[len(head) : len(head) + 32] != hashlib.sha256(body).digest():
                 _count("xla_rejected")
-                try:
-                    path.unlink()
-                except OSError:
-                    pass
+                if not (path.is_dir() and not path.is_symlink()):
+                    try:
+                        path.unlink()
+                    except OSError:
+                        pass
                 return None
             _count("xla_read")
             return body

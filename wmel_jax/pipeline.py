@@ -20,9 +20,9 @@ until everything has been computed.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from wmel_jax.errors import WmelError
+from wmel_jax.limits import check_run_numbers
 from wmel_jax.evaluate import (
     DEFAULT_CHUNK_STATES,
     DEFAULT_K_STEPS,
@@ -43,7 +44,7 @@ from wmel_jax.evaluate import (
     precompile_oracle_targets,
     requested_spaces,
 )
-from wmel_jax.fileio import atomic_output, check_writable
+from wmel_jax.fileio import OutputSet, atomic_output, check_input, json_text, read_npy_file, temporary_directory
 
 __all__ = [
     "EvalOptions",
@@ -59,6 +60,7 @@ __all__ = [
     "build_problem",
     "score_models",
     "run_config",
+    "declare_outputs",
     "write_outputs",
     "load_model_file",
     "read_array_file",
@@ -74,8 +76,10 @@ class EvalOptions:
     #: Names for the report's cells, one per model (default: the paths as given).
     labels: Sequence[str] | None = None
     env: str | None = None
-    n_states: int = DEFAULT_N_STATES
-    k_steps: int = DEFAULT_K_STEPS
+    #: None: DEFAULT_N_STATES, or the rows of ``states`` (a number that contradicts them is an error).
+    n_states: int | None = None
+    #: None: DEFAULT_K_STEPS, or the rows of ``action_sequence`` (likewise).
+    k_steps: int | None = None
     seed: int = 0
     states: str | None = None
     action_sequence: str | None = None
@@ -89,6 +93,8 @@ class EvalOptions:
     #: Metric spaces to compute ("observation", "latent", "reward"; a comma-separated
     #: string or a sequence; None or "all": every space the model has).
     metrics: str | Sequence[str] | None = None
+    #: Replace outputs that exist (never an input, never one output by another).
+    force: bool = False
     #: In a run of several processes, what they split: "states" (every process
     #: evaluates every model on its share of the states), "models" (each
     #: evaluates its share of the models on every state), or "auto"
@@ -97,20 +103,8 @@ class EvalOptions:
 
 
 def read_array_file(path: str | os.PathLike, what: str) -> np.ndarray:
-    """A ``.npy`` array as float64, never unpickling anything."""
-    p = Path(path)
-    if not p.is_file():
-        raise WmelError(f"{what} file {str(path)!r} does not exist" if not p.exists() else f"{what} file {str(path)!r} is not a file")
-    try:
-        arr = np.load(p, allow_pickle=False)
-    except ValueError as e:  # object arrays (pickles) and malformed headers
-        raise WmelError(f"{what} file {str(path)!r} is not a plain numeric .npy array ({e})") from None
-    except OSError as e:
-        raise WmelError(f"cannot read {what} file {str(path)!r}: {e.strerror or e}") from None
-    if not isinstance(arr, np.ndarray):  # an .npz archive
-        raise WmelError(f"{what} file {str(path)!r} is an .npz archive; give one .npy array")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise WmelError(f"{what} file {str(path)!r} holds {arr.dtype} values, not numbers")
+    """A ``.npy`` array as float64, never unpickling anything (:func:`wmel_jax.fileio.read_npy_file`)."""
+    arr = read_npy_file(path, what)
     if arr.ndim != 2:
         raise WmelError(f"{what} file {str(path)!r} must hold a 2-D array; got shape {arr.shape}")
     return arr.astype(np.float64)
@@ -119,7 +113,14 @@ def read_array_file(path: str | os.PathLike, what: str) -> np.ndarray:
 def save_array_file(path: str | os.PathLike, arr: np.ndarray) -> None:
     """Write a ``.npy`` atomically."""
     with atomic_output(path, "wb") as f:
-        np.save(f, np.asarray(arr), allow_pickle=False)
+        f.write(npy_bytes(arr))
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """``arr`` as the bytes of a ``.npy`` file."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(arr), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def _torch_available() -> bool:
@@ -133,8 +134,7 @@ def load_model_file(path: str, workdir: Path, say: Callable[[str], None]):
     from wmel_jax.model import load
 
     p = Path(path)
-    if not p.exists():
-        raise WmelError(f"model file {path!r} does not exist")
+    check_input(p, "model file")  # a missing file, a link loop, a FIFO: one line, never a hang
     if p.suffix == ".pt":
         if not _torch_available():
             raise WmelError(
@@ -237,10 +237,10 @@ def load_models(
 ) -> list[LoadedModel]:
     """Every model file that loads (a ``.pt`` converted on the fly); the others go to ``skips``."""
     loaded: list[LoadedModel] = []
-    with tempfile.TemporaryDirectory(prefix="wmel-jax-") as tmp:
+    with temporary_directory(prefix="wmel-jax-") as tmp:
         for i, name in enumerate(models):
             try:
-                loaded.append(LoadedModel(i, name, labels[i], load_model_file(name, Path(tmp), say)))
+                loaded.append(LoadedModel(i, name, labels[i], load_model_file(name, tmp, say)))
             except WmelError as e:
                 skips.add(name, str(e))
     return loaded
@@ -343,17 +343,26 @@ def build_problem(
     selection: Selection,
     inputs: Inputs,
     *,
-    n_states: int,
-    k_steps: int,
+    n_states: int | None,
+    k_steps: int | None,
     seed: int,
     precision: str | None,
     chunk_states: int,
 ):
     """The selection's :class:`~wmel_jax.evaluate.Problem`: the states (sampled or given), M2's actions.
 
-    When the states are sampled, the oracle's kernel (which depends on the
-    problem's shapes only) compiles on a background thread meanwhile.
+    ``n_states`` / ``k_steps`` None: the defaults, or the rows of the given
+    states / action sequence; a number that contradicts those rows is an
+    error (it would be ignored). When the states are sampled, the oracle's
+    kernel (which depends on the problem's shapes only) compiles on a
+    background thread meanwhile.
     """
+    given_n = n_states
+    sequence = inputs.action_sequence
+    if sequence is not None and k_steps is not None and k_steps != sequence.shape[0]:
+        raise _contradiction("--k-steps", k_steps, "--action-sequence", sequence.shape[0])
+    n_states = DEFAULT_N_STATES if n_states is None else n_states
+    k_steps = DEFAULT_K_STEPS if k_steps is None else k_steps
     if inputs.states is None:
         precompile_oracle_targets(
             selection.task,
@@ -364,7 +373,7 @@ def build_problem(
             precision=precision,
             chunk_states=chunk_states,
         )
-    return make_problem(
+    problem = make_problem(
         selection.task,
         selection.actions,
         n_states=n_states,
@@ -375,6 +384,13 @@ def build_problem(
         states=inputs.states,
         action_sequence=inputs.action_sequence,
     )
+    if inputs.states is not None and given_n is not None and given_n != problem.n_states:
+        raise _contradiction("--n-states", given_n, "--states", problem.n_states)
+    return problem
+
+
+def _contradiction(flag: str, given: int, source: str, rows: int) -> WmelError:
+    return WmelError(f"{flag} {given} contradicts {source}, which has {rows} rows; drop {flag}")
 
 
 def score_models(
@@ -385,6 +401,7 @@ def score_models(
     spaces: tuple[str, ...],
     chunk_states: int,
     progress: Callable[[int, int, str], None] | None = None,
+    say: Callable[[str], None] | None = None,
     runtime: Any = None,
     split: str = "auto",
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
@@ -394,10 +411,15 @@ def score_models(
     ``runtime`` (default the process's) and ``split``: where the work goes
     (:func:`wmel_jax.distributed.plan_split`); the plan is in
     ``timings["split"]``. Every process returns every cell.
+
+    A metric that came out non-finite is null with its reason, and ``say``
+    (default: stderr) warns about it.
     """
     from wmel_jax import distributed
+    from wmel_jax.evaluate import non_finite_metrics
     from wmel_jax.report import make_cell
 
+    say = say or (lambda msg: print(msg, file=sys.stderr))
     rt = distributed.runtime() if runtime is None else runtime
     models = selection.models
     plan = distributed.plan_split([_model_cost(m.model) for m in models], problem.n_states, rt.process_count, split)
@@ -429,6 +451,10 @@ def score_models(
         values, t = results[j]
         timings["model_compile_s"] += t["model_compile_s"]
         timings["model_run_s"] += t["model_run_s"]
+        bad = non_finite_metrics(values)
+        if bad and rt.process_index == 0:  # said once, by the process that prints
+            say(f"wmel-jax: warning: {m.name}: {', '.join(bad)} came out NaN or infinite (the model's predictions "
+                "overflow on these states); reported as null, with the reason under 'unavailable'")
         cells.append(make_cell(m.label, values, downstream[m.index], env=problem.task))
     timings["split"] = plan
     return cells, timings
@@ -468,25 +494,45 @@ def run_config(
     }
 
 
-def write_outputs(report: Mapping[str, Any], problem, opts: EvalOptions) -> None:
-    """The run's files, each atomic, written last: an error before this leaves none behind.
+def declare_outputs(opts: EvalOptions) -> OutputSet:
+    """The run's outputs, checked before any work against each other and against every input.
 
-    In a run of several processes, process 0 alone writes them.
+    An existing output needs ``opts.force``; an output that is an input, or
+    two outputs that are one file, are errors (see :class:`~wmel_jax.fileio.OutputSet`).
+    """
+    outputs = OutputSet(force=opts.force)
+    outputs.add_inputs(opts.models, "model")
+    outputs.add_input(opts.states, "--states file")
+    outputs.add_input(opts.action_sequence, "--action-sequence file")
+    outputs.add_input(opts.actions, "--actions file")
+    outputs.add_inputs(opts.downstream, "--downstream file")
+    outputs.add(opts.output, "report (-o)")
+    outputs.add(opts.figure, "figure (--figure)")
+    outputs.add(opts.save_states, "saved states (--save-states)")
+    return outputs
+
+
+def write_outputs(report: Mapping[str, Any], problem, opts: EvalOptions, outputs: OutputSet | None = None) -> None:
+    """The run's files, written last and together: rendered first, then renamed into place at once.
+
+    An error before this, or while rendering (a full disk), leaves none of them behind.
+    ``outputs``: the set :func:`declare_outputs` checked before the work (declared now when None).
+    In a run of several processes (every one of which checked them), process 0 alone writes them.
     """
     from wmel_jax.distributed import is_writer
 
     if not is_writer():
         return
+    outputs = declare_outputs(opts) if outputs is None else outputs
     if opts.save_states:
-        save_array_file(opts.save_states, problem.states)
+        outputs.write(opts.save_states, npy_bytes(problem.states))
     if opts.output:
-        from wmel_jax.report import write_report
-
-        write_report(report, opts.output)
+        outputs.write(opts.output, json_text(report))
     if opts.figure:
-        from wmel_jax.figure import plot_report
+        from wmel_jax.figure import render_png
 
-        plot_report(report, opts.figure)
+        outputs.write(opts.figure, render_png([report]))
+    outputs.commit()
 
 
 def run_eval(
@@ -514,9 +560,8 @@ def run_eval(
 
     rt = distributed.runtime()
     distributed.check_split(opts.split)
-    for out in (opts.output, opts.figure, opts.save_states):
-        if out and rt.process_index == 0:  # the one process that writes them
-            check_writable(out)
+    outputs = declare_outputs(opts)  # by every process (the same checks), written by process 0 alone
+    check_run_numbers(n_states=opts.n_states, k_steps=opts.k_steps, seed=opts.seed, chunk_states=opts.chunk_states)
     labels = check_labels(opts.models, opts.labels)
     spaces = requested_spaces(opts.metrics)
     if opts.downstream and len(opts.downstream) != len(opts.models):
@@ -528,6 +573,8 @@ def run_eval(
 
     skips = Skips(len(opts.models))
     loaded = load_models(opts.models, labels, skips, say)
+    if not loaded:  # every file refused: their reasons, not a task question
+        raise skips.none_left()
     t_loaded = time.perf_counter()
     task = resolve_task(opts.env, loaded)
     downstream = pair_downstream(list(opts.models), opts.downstream, task)
@@ -542,7 +589,7 @@ def run_eval(
     t_problem = time.perf_counter()
     cells, run_timings = score_models(
         problem, selection, downstream, spaces=spaces, chunk_states=opts.chunk_states,
-        progress=progress if rt.process_index == 0 else None, runtime=rt, split=opts.split,
+        progress=progress if rt.process_index == 0 else None, say=say, runtime=rt, split=opts.split,
     )
     plan = run_timings.pop("split")
 
@@ -559,5 +606,5 @@ def run_eval(
     config = run_config(problem, selection, seed=opts.seed, spaces=spaces, states_path=opts.states,
                         runtime={**rt.describe(), "split": plan.kind, "split_reason": plan.reason})
     report = build_report(config, cells, skips.items, timings, metric_spaces=METRIC_SPACES)
-    write_outputs(report, problem, opts)
+    write_outputs(report, problem, opts, outputs)
     return report

@@ -105,10 +105,9 @@ def configure_runtime(args: argparse.Namespace) -> None:
 
     from wmel_jax.oracle import DEFAULT_PRECISION
 
-    if args.chunk_states < 1:
-        from wmel_jax.errors import WmelError
+    from wmel_jax.limits import MAX_CHUNK_STATES, check_count
 
-        raise WmelError(f"--chunk-states must be a positive int; got {args.chunk_states}")
+    check_count(args.chunk_states, "--chunk-states", MAX_CHUNK_STATES)
     if (args.precision or DEFAULT_PRECISION) == "float64":
         jax.config.update("jax_enable_x64", True)
     if not args.no_cache:

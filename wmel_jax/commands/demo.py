@@ -15,6 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-states", type=int, default=150, metavar="N", help="sampled states per task (default 150)")
     parser.add_argument("--k-steps", type=int, default=10, metavar="K", help="M2 horizon (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the reports and figure of an earlier demo in the same folder")
     _common.add_runtime_arguments(parser)
     _common.add_device_arguments(parser)
 
@@ -33,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         chunk_states=args.chunk_states,
         progress=_common.progress_bar(),
+        force=args.force,
     )
     print()
     for path in written:

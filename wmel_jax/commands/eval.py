@@ -21,8 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--env", metavar="TASK",
         help="task (default: the task recorded at conversion); picks the task of a multitask model",
     )
-    parser.add_argument("--n-states", type=int, default=150, metavar="N", help="sampled states (default 150)")
-    parser.add_argument("--k-steps", type=int, default=10, metavar="K", help="M2 horizon (default 10)")
+    parser.add_argument("--n-states", type=int, default=None, metavar="N",
+                        help="sampled states (default 150; with --states, the file's rows)")
+    parser.add_argument("--k-steps", type=int, default=None, metavar="K",
+                        help="M2 horizon (default 10; with --action-sequence, the file's rows)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the state sample and M2's actions (default 0)")
     parser.add_argument("--states", metavar="F.npy", help="evaluate on these observations (N, obs_dim) instead of sampling")
     parser.add_argument("--action-sequence", metavar="F.npy", help="M2's actions (k, action_dim) instead of drawing them")
@@ -41,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("-o", "--output", metavar="report.json", help="write the JSON report here")
     parser.add_argument("--figure", metavar="F.png", help="draw M2 curves and M1/M3 bars here")
+    parser.add_argument("--force", action="store_true",
+                        help="replace output files that exist (an output is never an input, nor another output)")
     _common.add_runtime_arguments(parser)
     _common.add_distributed_arguments(parser, split=True)
 
@@ -69,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         chunk_states=args.chunk_states,
         metrics=args.metrics,
         split=args.split,
+        force=args.force,
     )
     report = run_eval(opts, progress=_common.progress_bar())
     from wmel_jax.distributed import is_writer

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import numbers
 from typing import Any
 
 from wmel_jax.errors import WmelError
@@ -44,10 +43,10 @@ def task_class(task: Any) -> type:
 
 
 def check_frame_skip(frame_skip: Any) -> int:
-    """A positive int (numpy ints too; not bools, not floats) or WmelError."""
-    if isinstance(frame_skip, bool) or not isinstance(frame_skip, numbers.Integral) or frame_skip < 1:
-        raise WmelError(f"frame_skip must be a positive int; got {frame_skip!r}")
-    return int(frame_skip)
+    """A positive int (numpy ints too; not bools, not floats) of at most MAX_FRAME_SKIP, or WmelError."""
+    from wmel_jax.limits import MAX_FRAME_SKIP, check_count
+
+    return check_count(frame_skip, "frame_skip", MAX_FRAME_SKIP)
 
 
 def make_oracle(task: str, frame_skip: int = 1, precision: str = DEFAULT_PRECISION):

@@ -30,6 +30,9 @@ class AcrobotSwingup(TaskDef):
     xml_file = "acrobot.xml"
     obs_dim = 6
     action_dim = 1
+    # Sines and cosines lie in [-1, 1]; the arms' speeds stay within tens of rad/s.
+    obs_limits = (("sin_upper", -1.5, 1.5), ("sin_lower", -1.5, 1.5), ("cos_upper", -1.5, 1.5),
+                  ("cos_lower", -1.5, 1.5), ("v_shoulder", -1e3, 1e3), ("v_elbow", -1e3, 1e3))
 
     upper_body: int
     lower_body: int

@@ -174,6 +174,10 @@ class TaskDef:
     obs_dim: ClassVar[int]
     action_dim: ClassVar[int]
     aux_dim: ClassVar[int] = 0
+    #: (name, low, high) of each observation component: generous physical bounds
+    #: (far beyond what the task reaches) outside which a given state is refused
+    #: as not a state of this task (a value of 1e300 would overflow the model).
+    obs_limits: ClassVar[tuple[tuple[str, float, float], ...]] = ()
 
     @classmethod
     def from_model(cls, model) -> "TaskDef":
@@ -770,6 +774,29 @@ class Oracle:
         arr = _as_float_array(obs, f"{self.task}: {what}s")
         _check_width(arr, self.obs_dim, f"{self.task}: {what}s", "obs_dim")
         _check_finite(arr, f"{self.task}: {what}")
+        return arr
+
+    def validate_state_range(self, obs: Any, what: str = "state") -> np.ndarray:
+        """A checked state batch (:meth:`validate_states`) within the task's physical bounds (``obs_limits``).
+
+        WmelError naming the first row and component far outside them: such a
+        row is not a state of this task (and would overflow the model).
+        """
+        arr = self.validate_states(obs, what)
+        limits = self._physics.task.obs_limits
+        if not limits:
+            return arr
+        lo = np.array([low for _, low, _ in limits])
+        hi = np.array([high for _, _, high in limits])
+        bad = np.flatnonzero(((arr < lo) | (arr > hi)).any(axis=1))
+        if bad.size:
+            i = int(bad[0])
+            j = int(np.flatnonzero((arr[i] < lo) | (arr[i] > hi))[0])
+            name, low, high = limits[j]
+            raise WmelError(
+                f"{self.task}: {what} row {i} is far outside the task's physical range: {name} = {arr[i, j]:g} "
+                f"(bounds [{low:g}, {high:g}]; {bad.size} such rows)"
+            )
         return arr
 
     def validate_actions(self, actions: Any, what: str = "action") -> np.ndarray:

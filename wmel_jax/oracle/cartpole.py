@@ -36,6 +36,10 @@ class CartpoleSwingup(TaskDef):
     xml_file = "cartpole.xml"
     obs_dim = 5
     action_dim = 1
+    # The slider is limited to +-1.8 m; cos/sin lie on the unit circle; the
+    # swing-up's speeds stay within tens of m/s and rad/s.
+    obs_limits = (("cart_x", -10.0, 10.0), ("cos(theta)", -1.5, 1.5), ("sin(theta)", -1.5, 1.5),
+                  ("cart_v", -1e3, 1e3), ("theta_dot", -1e3, 1e3))
 
     pole_body: int
 

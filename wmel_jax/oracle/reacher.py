@@ -38,6 +38,10 @@ class ReacherEasy(TaskDef):
     obs_dim = 6
     action_dim = 2
     aux_dim = 2  # target (x, y)
+    # The shoulder is an unlimited hinge (its angle winds up), the wrist is limited
+    # to +-2.8 rad; finger and target stay within 0.42 m of each other in the arena.
+    obs_limits = (("shoulder", -1e3, 1e3), ("wrist", -10.0, 10.0), ("to_target_x", -10.0, 10.0),
+                  ("to_target_y", -10.0, 10.0), ("shoulder_v", -1e3, 1e3), ("wrist_v", -1e3, 1e3))
 
     finger_geom: int
     wrist_range: tuple[float, float]
