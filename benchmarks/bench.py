@@ -630,7 +630,9 @@ def bench_task(task: str, plan: Plan, models: dict[Any, Any], peak: dict[str, An
     oracle = NativeTaskOracle(task, 1, threads)
     try:
         for n in ns:
-            problem = make_problem(task, actions, states=full.states[:n], action_sequence=sequence)
+            # The prefix keeps its rollout episodes (the metrics' intervals resample them, as a sampled run's).
+            problem = make_problem(task, actions, states=full.states[:n], action_sequence=sequence,
+                                   episode_ids=full.episode_ids[:n])
             problems[n] = problem
             states = np.asarray(problem.states)
             n_sizes = [s for s in sizes if (task, s, n) in configs]

@@ -44,10 +44,42 @@ def assert_eval_user_error(capsys, folder: Path, *argv, match: str) -> str:
     before = set(os.listdir(folder))
     code, out, err = eval_cli(*argv, capsys=capsys)
     assert code == 2, (out, err)
+    err = without_progress(err)
     assert err.startswith("wmel-jax: error: ") and err.count("\n") == 1, err
     assert match.lower() in err.lower(), err
     assert set(os.listdir(folder)) == before, "a failed eval left a file behind"
     return err
+
+
+#: The reference correlate.py's cell descriptors (experiments/offline_downstream/correlate.py, DEFAULT_EXCLUDE).
+CORRELATE_DESCRIPTORS = frozenset({"epochs", "seed", "hidden", "data_size", "model_size", "env", "planner",
+                                   "model", "variant", "cell"})
+
+
+def correlate_metric_keys(cells, downstream_key: str = "gap") -> set[str]:
+    """The keys the reference's correlate.py would correlate with the gap, by its rule.
+
+    Its rule: every top-level key of a cell, except its descriptors and the
+    downstream key, whose value is a finite number (an int or float, not a
+    bool); lists, dicts, strings and None are passed over.
+    """
+    import math
+
+    exclude = CORRELATE_DESCRIPTORS | {downstream_key}
+
+    def is_number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    return {k for c in cells for k, v in c.items() if k not in exclude and is_number(v)}
+
+
+#: How progress lines begin when stderr is not a terminal (wmel_jax.progress).
+PROGRESS_PREFIX = "wmel-jax ["
+
+
+def without_progress(err: str) -> str:
+    """stderr without the progress lines (one per phase when stderr is not a terminal)."""
+    return "".join(line for line in err.splitlines(keepends=True) if not line.startswith(PROGRESS_PREFIX))
 
 
 def small_eval_args(*extra) -> list[str]:

@@ -44,8 +44,15 @@ def rel(a, b) -> float:
 
 
 def metric_diffs(x: dict, y: dict) -> dict:
+    """Per metric field (its interval and per-episode sd too), the normwise relative difference."""
     keys = [k for k, v in x.items() if k != "unavailable" and not k.endswith("_states_used")]
-    out = {k: rel(x[k], y[k]) for k in keys}
+    out = {}
+    for k in keys:
+        if isinstance(x[k], dict):  # episode_sd: {metric: sd}
+            out.update({f"{k}.{m}": rel(x[k][m], y[k].get(m)) for m in x[k]} if isinstance(y[k], dict)
+                       else {k: float("inf")})
+        else:
+            out[k] = rel(x[k], y[k])
     out["states_used_equal"] = all(x[k] == y[k] for k in x if k.endswith("_states_used"))
     return out
 
@@ -105,5 +112,43 @@ def main(path: str) -> None:
     Path(path).write_text(json.dumps(summary, indent=1))
 
 
+#: The quick check (the suite's): N = 7 states (uneven on 4 devices) in episodes of 3 that cross
+#: device parts, k = 3; one device at chunk 2 against four at chunk 8 (2 rows per device).
+QUICK_N, QUICK_K, QUICK_ONE, QUICK_FOUR = 7, 3, 2, 8
+
+
+def quick(path: str) -> None:
+    """The model kernel alone (no oracle or sampler to compile): 4 devices against 1, bit for bit.
+
+    The oracle's answers are random arrays of the right shapes (the model
+    kernel only compares against them), so the check costs two small model
+    compilations.
+    """
+    import wmel_jax
+    from wmel_jax import distributed, evaluate
+
+    assert len(jax.devices()) == 4, jax.devices()
+    model = wmel_jax.load(EXAMPLE)
+    rng = np.random.default_rng(0)
+    obs_dim, a = model.arch.obs_dim, np.asarray(model.action_set).shape[0]  # a single-task model: the task's
+    problem = evaluate.make_problem(TASK, model.action_set, k_steps=QUICK_K, seed=3,
+                                    states=rng.normal(size=(QUICK_N, obs_dim)),
+                                    episode_ids=np.arange(QUICK_N) // 3)
+    targets = evaluate.OracleTargets(
+        next_obs=rng.normal(size=(QUICK_N, a, obs_dim)), scores=rng.normal(size=(QUICK_N, a)),
+        trajectory=rng.normal(size=(QUICK_K, QUICK_N, obs_dim)), timings={}, rewards=rng.normal(size=(QUICK_N, a)),
+    )
+    out = {}
+    for devices, chunk in ((1, QUICK_ONE), (4, QUICK_FOUR)):
+        rt = distributed.configure(devices)
+        # total_states: a small problem's fast-compile options (the same for both runs).
+        sums, _ = evaluate.model_episode_sums(model, problem, targets, chunk, runtime=rt, total_states=QUICK_N)
+        metrics, _ = evaluate.model_metrics(model, problem, targets, chunk, runtime=rt, total_states=QUICK_N)
+        out[devices] = {"sums": {k: [np.asarray(v.total).tolist(), np.asarray(v.count).tolist()]
+                                 for k, v in sums.items()}, "metrics": metrics,
+                        "layout": [list(p) for p in rt.layout(QUICK_N, chunk).parts()]}
+    Path(path).write_text(json.dumps({"devices": len(jax.devices()), "runs": out}, indent=1))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    (quick if sys.argv[2:] == ["quick"] else main)(sys.argv[1])

@@ -6,7 +6,9 @@
   beside a distributed one, each of whose processes writes too), stays intact and serves a later run;
 - a process that dies ends the others within a bounded time, with one ``wmel-jax: error:`` line.
 
-Every wait has a timeout. Each process is a ``wmel-jax`` CLI subprocess.
+Every wait has a timeout. Each process is a ``wmel-jax`` CLI subprocess. The runs whose reports are
+compared compile every kernel in several processes (minutes on 2 cores): ``slow`` (``-m slow``), as is the
+coordinator's death; the suite kills a worker.
 """
 
 from __future__ import annotations
@@ -144,12 +146,14 @@ def _report(runs, name) -> dict:
     return json.loads((runs["root"] / f"{name}.json").read_text())
 
 
+@pytest.mark.slow
 def test_the_single_process_run_succeeded(runs):
     code, out, err = runs["single"]
     assert code == 0, err[-3000:]
     assert _report(runs, "single")["config"]["runtime"]["processes"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,split", [("models", "models"), ("states", "states")])
 def test_two_processes_report_what_one_process_reports(runs, name, split):
     (code0, out0, err0), (code1, out1, err1) = runs[name]
@@ -164,18 +168,20 @@ def test_two_processes_report_what_one_process_reports(runs, name, split):
     assert "process 1 of 2: joined the run (2 cpu devices)" in err1
 
 
+@pytest.mark.slow
 def test_a_later_run_reads_the_programs_others_wrote(runs):
     # The states split cuts the sampler, the oracle and the model kernel into the same per-device
     # programs as the first runs did: every one was traced and stored by one of them.
     assert _report(runs, "states")["timings"]["trace_s"] == 0.0
 
 
+@pytest.mark.slow
 def test_the_cache_written_by_several_processes_checks_out(runs):
     kernels, xla = _check_cache(runs["cache"])
     assert kernels >= 3 and xla >= 3  # sampler, oracle, model kernels at least
 
 
-@pytest.mark.parametrize("victim", [1, 0], ids=["a worker", "the coordinator"])
+@pytest.mark.parametrize("victim", [1, pytest.param(0, marks=pytest.mark.slow)], ids=["a worker", "the coordinator"])
 def test_a_process_that_dies_ends_the_others_with_one_line(victim):
     procs = _distributed(2, *MODELS, *ARGS, "--no-cache", peer_timeout=PEER_TIMEOUT)
     survivor = procs[1 - victim]

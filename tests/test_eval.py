@@ -23,7 +23,8 @@ from wmel_jax.pipeline import EvalOptions, run_eval
 from conftest import EVAL_CHUNK as CHUNK
 from conftest import EVAL_K as K
 from conftest import EVAL_N as N
-from conftest import assert_eval_user_error, eval_cli, small_eval_args
+from conftest import PROGRESS_PREFIX, assert_eval_user_error, correlate_metric_keys, eval_cli, small_eval_args
+from conftest import without_progress
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -76,8 +77,19 @@ def test_eval_writes_table_report_figure_and_states(tmp_path, capsys, cartpole_m
         # An adapter model has an encoder too: the latent metrics; no reward head: no reward ranking.
         assert len(cell["m2_latent_curve"]) == K and cell["m2_latent_kstep"] == cell["m2_latent_curve"][-1]
         assert cell["m1_latent_onestep"] > 0
-        assert cell["reward_rank_agreement"] is None and cell["reward_rank_states_used"] is None
+        assert cell["reward_rank_agreement"] is None and cell["counts"]["reward_rank_states_used"] is None
         assert cell["unavailable"] == {"reward_rank_agreement": "no reward head"}
+        # Every metric with its episode-bootstrap interval; counts nested (N = 150: 6 episodes of 25).
+        assert cell["counts"]["n_states"] == N and cell["counts"]["n_episodes"] == 6
+        for key in ("m1_l2_onestep", "m2_l2_kstep", "m1_latent_onestep", "m2_latent_kstep"):
+            low, high = cell[f"{key}_ci"]
+            assert low <= cell[key] <= high, key
+        assert len(cell["m2_curve_ci"]) == K and cell["m2_curve_ci"][-1] == cell["m2_l2_kstep_ci"]
+        assert cell["reward_rank_agreement_ci"] is None
+        # The reference's correlate.py takes every top-level finite number but the gap and its
+        # descriptors for a metric: read this way, a cell holds metrics only.
+        assert correlate_metric_keys(doc["cells"]) <= set(evaluate.METRIC_SPACES)
+    assert doc["config"]["n_episodes"] == 6 and doc["config"]["interval"]["unit"] == "episode"
     assert doc["metric_spaces"]["m1_latent_onestep"] == "latent"
     assert doc["metric_spaces"]["m3_action_agreement"] == "observation"
     assert doc["metric_spaces"]["reward_rank_agreement"] == "reward"
@@ -106,7 +118,7 @@ def test_padded_oracle_chunks_give_the_same_targets(cartpole_models):
     problem = evaluate.make_problem("cartpole-swingup", n_states=N, k_steps=K)
     padded = evaluate.oracle_targets(problem, CHUNK)  # N states: the last chunk padded
     more = np.concatenate([problem.states, problem.states[: 2 * CHUNK - N][::-1]])
-    full = evaluate.oracle_targets(dataclasses.replace(problem, states=more), CHUNK)  # two full chunks
+    full = evaluate.oracle_targets(dataclasses.replace(problem, states=more, episode_ids=None), CHUNK)  # two full chunks
     np.testing.assert_array_equal(padded.next_obs, full.next_obs[:N])
     np.testing.assert_array_equal(padded.scores, full.scores[:N])
     np.testing.assert_array_equal(padded.trajectory, full.trajectory[:, :N])
@@ -117,6 +129,10 @@ def test_padded_oracle_chunks_give_the_same_targets(cartpole_models):
 #: batch of 60 rows and its first 25), so metrics from different chunk sizes
 #: agree to float32 rounding, not bit for bit.
 CHUNK_RTOL = 1e-6
+#: An interval end is a quantile over resamples: a float32-rounding difference in
+#: two episodes' sums can swap the order of two nearly tied resamples, moving the
+#: end to its neighbour (measured: 1.3e-6 relative on a latent curve step).
+CHUNK_CI_RTOL = 1e-5
 
 
 @pytest.mark.parametrize("chunk", [5, N])
@@ -130,6 +146,8 @@ def test_model_chunking_does_not_change_the_metrics(cartpole_models, chunk):
     chunked = evaluate.model_metrics(model, problem, targets, chunk)[0]
     for key in ("m1_l2_onestep", "m2_curve", "m3_action_agreement", "m1_latent_onestep", "m2_latent_curve"):
         np.testing.assert_allclose(chunked[key], reference[key], rtol=CHUNK_RTOL, err_msg=key)
+        # Chunks of 5 cut every episode of 25 into pieces: the host adds them up, the intervals agree.
+        np.testing.assert_allclose(chunked[f"{key}_ci"], reference[f"{key}_ci"], rtol=CHUNK_CI_RTOL, err_msg=key)
     assert chunked["m3_states_used"] == reference["m3_states_used"]
 
 
@@ -157,9 +175,12 @@ def test_model_kernel_compiles_once_per_architecture(cartpole_models):
 
 def test_one_bad_model_among_several_is_skipped(tmp_path, capsys, cartpole_models, reacher_model, upstream_model):
     report = tmp_path / "r.json"
+    # --env: one task for all (without it, each model would be judged on its own task).
     code, out, err = eval_cli(cartpole_models[0], reacher_model, upstream_model, tmp_path / "missing.safetensors",
-                           *small_eval_args("-o", report), capsys=capsys)
-    assert code == 0, err
+                           "--env", "cartpole-swingup", *small_eval_args("-o", report), capsys=capsys)
+    # The report is written, but the exit status says a model was skipped (scripts notice).
+    assert code == 1, err
+    assert "3 model(s) skipped" in err and "--allow-skips" in err
     doc = json.loads(report.read_text())
     assert [c["model"] for c in doc["cells"]] == [cartpole_models[0]]
     reasons = {s["model"]: s["reason"] for s in doc["skipped"]}
@@ -228,12 +249,13 @@ def test_model_without_decoder_is_evaluated_in_latent_space(tmp_path, capsys, up
     assert doc["config"]["action_set"] == [[-1.0], [-0.5], [0.0], [0.5], [1.0]]  # the task's default set
     assert "default set" in doc["config"]["action_set_source"]
     (cell,) = doc["cells"]
-    for key in ("m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement", "m3_states_used"):
-        assert cell[key] is None, key
+    for key in ("m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement"):
+        assert cell[key] is None and cell[f"{key}_ci"] is None, key
+    assert cell["counts"]["m3_states_used"] is None
     assert set(cell["unavailable"]) == {"m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement"}
     assert "no observation decoder" in cell["unavailable"]["m1_l2_onestep"]
     assert cell["m1_latent_onestep"] > 0 and len(cell["m2_latent_curve"]) == K
-    assert -1 <= cell["reward_rank_agreement"] <= 1 and 0 < cell["reward_rank_states_used"] <= N
+    assert -1 <= cell["reward_rank_agreement"] <= 1 and 0 < cell["counts"]["reward_rank_states_used"] <= N
     assert "M1 one-step L2" not in out.splitlines()[2]  # no column nobody has ...
     assert "not available: M1 one-step L2, M2 k-step L2, M3 tau-b: no observation decoder" in out  # ... said so
     assert "latent 1-step L2" in out and "reward tau-b" in out
@@ -251,8 +273,10 @@ def test_metrics_option_computes_only_the_asked_spaces(tmp_path, capsys, cartpol
     full = run_eval(EvalOptions([cartpole_models[0]], n_states=N, k_steps=K, chunk_states=CHUNK))
     assert full["config"]["metric_spaces_requested"] == ["observation", "latent", "reward"]
     (full_cell,) = full["cells"]
-    for key in ("m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement", "m3_states_used"):
+    for key in ("m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement", "counts"):
         assert cell[key] == full_cell[key], key
+        if key != "counts":
+            assert cell[f"{key}_ci"] == full_cell[f"{key}_ci"], key  # the same resamples
     for key in ("m1_latent_onestep", "m2_latent_kstep", "m2_latent_curve"):
         assert cell[key] is None and full_cell[key] is not None, key
         assert cell["unavailable"][key] == "not requested (metric spaces asked for: observation)"
@@ -313,7 +337,7 @@ def test_downstream_for_another_task(tmp_path, capsys, cartpole_models):
 
 @pytest.mark.parametrize("flag", ["-o", "--figure", "--save-states"])
 def test_unwritable_output_path(tmp_path, capsys, cartpole_models, flag):
-    assert_eval_user_error(capsys, tmp_path, cartpole_models[0], flag, tmp_path / "no" / "such" / "dir" / "x", *small_eval_args(),
+    assert_eval_user_error(capsys, tmp_path, cartpole_models[0], flag, tmp_path / "no" / "such" / "dir" / "x.png", *small_eval_args(),
                        match="does not exist")
 
 
@@ -332,3 +356,102 @@ def test_non_positive_sizes_are_errors():
         evaluate.make_problem("cartpole-swingup", n_states=0)
     with pytest.raises(WmelError, match="k_steps"):
         evaluate.make_problem("cartpole-swingup", n_states=3, k_steps=0)
+
+
+# --------------------------------------------------------------------------- #
+# Exit status, progress, episode ids, figure formats, several tasks in one run
+# --------------------------------------------------------------------------- #
+
+
+def test_a_skipped_model_gives_exit_status_1_unless_allowed(tmp_path, capsys, cartpole_models):
+    report = tmp_path / "r.json"
+    missing = tmp_path / "missing.safetensors"
+    code, out, err = eval_cli(cartpole_models[0], missing, *small_eval_args("-o", report), capsys=capsys)
+    assert code == 1 and "1 model(s) skipped" in err
+    doc = json.loads(report.read_text())  # written all the same
+    assert [s["model"] for s in doc["skipped"]] == [str(missing)] and len(doc["cells"]) == 1
+    assert f"{missing}: model file" in out  # the table lists it
+    code, _, err = eval_cli(cartpole_models[0], missing, "--allow-skips", *small_eval_args(), capsys=capsys)
+    assert code == 0 and "skipped" not in without_progress(err)
+
+
+def test_progress_is_one_line_per_phase_when_stderr_is_not_a_terminal(capsys, cartpole_models):
+    code, out, err = eval_cli(*cartpole_models, *small_eval_args(), capsys=capsys)
+    assert code == 0
+    lines = [line for line in err.splitlines() if line.startswith(PROGRESS_PREFIX)]
+    text = "\n".join(lines)
+    for phase in ("loading 2 model file(s)", "cartpole-swingup: sampling 150 states",
+                  "cartpole-swingup: the oracle's answers (150 states x 5 actions", "model 1/2: ", "model 2/2: "):
+        assert phase in text, (phase, text)
+    assert all(line[len(PROGRESS_PREFIX):].split("]")[0].strip().endswith("s") for line in lines)  # time-stamped
+    assert "timings:" not in out  # only with --timings
+    code, out, err = eval_cli(*cartpole_models, "-q", "--timings", *small_eval_args(), capsys=capsys)
+    assert code == 0 and err == "" and "timings: load_s" in out
+
+
+def test_episode_ids_rerun_given_states_with_the_sampled_intervals(tmp_path, capsys, cartpole_models):
+    saved, ids = tmp_path / "states.npy", tmp_path / "ids.npy"
+    runs = {}
+    for name, extra in (("sampled", ["--save-states", saved]), ("ids", ["--states", saved, "--episode-ids", ids]),
+                        ("states", ["--states", saved])):
+        if name == "ids":
+            np.save(ids, np.arange(N) // 25)
+        report = tmp_path / f"{name}.json"
+        code, out, err = eval_cli(cartpole_models[0], *small_eval_args("-o", report, *extra), capsys=capsys)
+        assert code == 0, err
+        runs[name] = (json.loads(report.read_text()), out)
+    (sampled, _), (with_ids, _), (alone, table) = runs["sampled"], runs["ids"], runs["states"]
+    # The same states in the same episodes: the same intervals, to the bit.
+    for key in ("m1_l2_onestep_ci", "m2_curve_ci", "m3_action_agreement_ci", "m1_latent_onestep_ci"):
+        assert with_ids["cells"][0][key] == sampled["cells"][0][key], key
+    assert with_ids["config"]["n_episodes"] == 6 and with_ids["config"]["episodes"] == f"file: {ids}"
+    # Each state on its own: as many units as states, narrower intervals, and the table says what that means.
+    assert alone["config"]["n_episodes"] == N and alone["config"]["interval"]["unit"] == "state"
+    low, high = alone["cells"][0]["m1_l2_onestep_ci"]
+    s_low, s_high = sampled["cells"][0]["m1_l2_onestep_ci"]
+    assert high - low < s_high - s_low
+    assert "--episode-ids" in table
+
+
+@pytest.mark.parametrize("ids, extra, match", [
+    (np.zeros(N - 1, int), True, f"{N - 1} episode ids for {N} states"),
+    (np.full(N, 0.5), True, "not an integer"),
+    (np.zeros(N, int), False, "--episode-ids labels the rows of --states"),
+], ids=["short", "fractional", "without-states"])
+def test_bad_episode_ids(tmp_path, capsys, cartpole_models, ids, extra, match):
+    states = tmp_path / "s.npy"
+    np.save(states, evaluate.make_problem("cartpole-swingup", n_states=N, k_steps=K).states)
+    np.save(tmp_path / "ids.npy", ids)
+    given = ["--states", states] if extra else []
+    assert_eval_user_error(capsys, tmp_path, cartpole_models[0], *given, "--episode-ids", tmp_path / "ids.npy",
+                           *small_eval_args(), match=match)
+
+
+def test_figure_extension_is_checked_before_anything_runs(tmp_path, capsys, cartpole_models):
+    assert_eval_user_error(capsys, tmp_path, cartpole_models[0], "--figure", tmp_path / "f.jpg",
+                           "-o", tmp_path / "r.json", *small_eval_args(), match="give a .png, .pdf or .svg")
+    code, _, err = eval_cli(cartpole_models[0], "--figure", tmp_path / "f.pdf", *small_eval_args(), capsys=capsys)
+    assert code == 0, err
+    assert (tmp_path / "f.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def test_the_six_shipped_models_of_three_tasks_in_one_command(tmp_path, capsys):
+    from wmel_jax.demo import EXAMPLES_DIR
+
+    models = sorted(str(p) for p in EXAMPLES_DIR.glob("*.safetensors"))
+    report = tmp_path / "r.json"
+    code, out, err = eval_cli(*models, *small_eval_args("-o", report, "--figure", tmp_path / "f.png"), capsys=capsys)
+    assert code == 0, err
+    doc = json.loads(report.read_text())
+    tasks = ["acrobot-swingup", "cartpole-swingup", "reacher-easy"]
+    assert [g["config"]["env"] for g in doc["groups"]] == tasks and doc["skipped"] == []
+    for group in doc["groups"]:  # each model on its own task, its oracle answers once per group
+        assert [doc["cells"][i]["env"] for i in group["cells"]] == [group["config"]["env"]] * 2
+        assert len(group["config"]["action_set"]) == (9 if group["config"]["env"] == "reacher-easy" else 5)
+    assert [line.split(":")[0] for line in out.splitlines() if ": N=150 states in 6 episodes" in line] == tasks
+    assert (tmp_path / "f.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_several_tasks_refuse_inputs_that_belong_to_one(tmp_path, capsys, cartpole_models, reacher_model):
+    assert_eval_user_error(capsys, tmp_path, cartpole_models[0], reacher_model, "--save-states", tmp_path / "s.npy",
+                           *small_eval_args(), match="--save-states belong to one problem")

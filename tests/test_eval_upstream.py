@@ -220,7 +220,8 @@ def test_eval_end_to_end(tmp_path, capsys, upstream, problems, name):
     direct, _ = evaluate.model_metrics(wmel_jax.load(converted), problem, targets, EVAL_CHUNK, total_states=EVAL_N)
     for key in ("m1_latent_onestep", "m2_latent_kstep", "reward_rank_agreement"):
         assert cell[key] == round(direct[key], 6), key
-    assert cell["reward_rank_states_used"] == direct["reward_rank_states_used"]
+    assert cell["counts"]["reward_rank_states_used"] == direct["reward_rank_states_used"]
+    assert cell["reward_rank_agreement_ci"] == [round(v, 6) for v in direct["reward_rank_agreement_ci"]]
     assert "latent 1-step L2" in out and "reward tau-b" in out
 
 
@@ -231,7 +232,7 @@ def test_eval_size19_end_to_end(tmp_path, capsys, checkpoints):
     code, _, err = eval_cli(ckpt.converted, *small_eval_args("-o", report), capsys=capsys)
     assert code == 0, err
     (cell,) = json.loads(report.read_text())["cells"]
-    assert cell["m1_latent_onestep"] > 0 and cell["reward_rank_states_used"] > 0
+    assert cell["m1_latent_onestep"] > 0 and cell["counts"]["reward_rank_states_used"] > 0
 
 
 # --------------------------------------------------------------------------- #

@@ -154,6 +154,13 @@ def test_within_env_correlation_groups_by_task_and_finds_every_metric():
     assert block["metrics"]["m1_latent_onestep"]["n_cells"] == 3  # c3 has none
 
 
+def test_intervals_counts_and_nested_objects_are_not_metrics():
+    cell = {"env": "e", "model": "m", "gap": 0.1, "m1_l2_onestep": 0.2, "m1_l2_onestep_ci": None,
+            "m3_action_agreement_ci": [0.1, 0.2], "counts": {"n_episodes": 6}, "episode_sd": {"m1_l2_onestep": 1.0},
+            "hidden": 64, "planner": "cem"}
+    assert stats.metric_keys([cell]) == ["m1_l2_onestep"]
+
+
 def test_curves_and_unavailable_maps_are_not_metrics():
     # A decoder-less model's cell: its curve is null (not a list), and the reasons are a dict.
     cell = _cell("u", "cartpole-swingup", 0.01, 0.5, 0.1, m2_latent_curve=None, reward_rank_agreement=0.2,
@@ -174,3 +181,98 @@ def test_pooled_m3_only_across_two_or_more_tasks():
     assert "never pooled" in pooled["note"]
     assert pooled["correlation"]["rho"] == pytest.approx(spearmanr(
         [c["m3_action_agreement"] for c in two_tasks], [c["gap"] for c in two_tasks]).statistic)
+
+
+# ------------------------------------------------------------ permutation p-value
+
+
+def _spearman_rows(x, y, axis=-1):
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x, axis=axis), rankdata(y, axis=axis)
+    rx = rx - rx.mean(axis=axis, keepdims=True)
+    ry = ry - ry.mean(axis=axis, keepdims=True)
+    return (rx * ry).sum(axis) / np.sqrt((rx * rx).sum(axis) * (ry * ry).sum(axis))
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 6, 7])
+def test_permutation_p_value_equals_scipys_exact_test(n):
+    from scipy.stats import permutation_test
+
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=n)
+    y = np.round(x + rng.normal(size=n), 0)  # ties in the gaps
+    p, method = stats.permutation_p_value(x, y)
+    # scipy permutes one sample's pairings against the other (n! of them, enumerated).
+    want = permutation_test((x,), lambda xs, axis=-1: _spearman_rows(xs, y, axis), permutation_type="pairings",
+                            n_resamples=np.inf, vectorized=True).pvalue
+    assert method == "exact" and p == pytest.approx(want, abs=1e-12)
+
+
+def test_permutation_p_value_is_monte_carlo_above_the_exact_limit():
+    from scipy.stats import permutation_test
+
+    rng = np.random.default_rng(1)
+    n = stats.MAX_EXACT_PERMUTATION_CELLS + 3
+    x = rng.normal(size=n)
+    y = x + rng.normal(scale=2.0, size=n)
+    p, method = stats.permutation_p_value(x, y, seed=0)
+    assert method.startswith("monte carlo")
+    want = permutation_test((x,), lambda xs, axis=-1: _spearman_rows(xs, y, axis), permutation_type="pairings",
+                            n_resamples=200_000, vectorized=True, rng=1).pvalue
+    assert p == pytest.approx(want, abs=0.005)
+    assert stats.permutation_p_value(x, y, seed=0) == (p, method)  # seeded
+
+
+def test_correlation_result_carries_the_p_value_and_says_when_the_interval_means_little():
+    x, y = [0.1, 0.2, 0.3, 0.5], [0.0, 0.4, 0.3, 0.9]
+    r = stats.spearman_with_bootstrap(x, y, n_resamples=500)
+    assert r["p_value_method"] == "exact" and 0 < r["p_value"] <= 1
+    assert r["interval_meaningful"] is False  # 4 cells
+    assert stats.spearman_with_bootstrap([1, 2, 3, 4, 5], [2, 1, 4, 3, 5], n_resamples=500)["interval_meaningful"]
+
+
+def test_few_cells_and_identical_model_files_are_flagged():
+    cells = [{"env": "cartpole-swingup", "model": f"m{i}", "gap": g, "m1_l2_onestep": v,
+              "context": {"model_sha256": "same" if i < 2 else f"h{i}"}}
+             for i, (g, v) in enumerate([(0.1, 0.3), (0.5, 0.3), (0.9, 0.1), (0.2, 0.2)])]
+    block = stats.within_env_correlation(cells, n_resamples=300)["cartpole-swingup"]
+    assert block["identical_models"] == [["m0", "m1"]]
+    assert any("only 4 paired cells" in w and "not meaningful" in w for w in block["warnings"])
+    assert any("m0 and m1 are the same model file" in w for w in block["warnings"])
+
+
+# ------------------------------------------------------------ precision warnings
+
+
+def _precise_cell(model, **fields):
+    base = {"model": model, "counts": {"n_states": 150, "n_episodes": 6}, "episode_sd": {}}
+    for key, (value, ci, sd) in fields.items():
+        base[key], base[f"{key}_ci"] = value, ci
+        base["episode_sd"][key] = sd
+    return base
+
+
+def test_precision_warning_against_the_spread_between_models():
+    # M1: spread 0.10; half-widths 0.02 (fine) and 0.06 (> 0.5 x 0.10: the two intervals can overlap).
+    cells = [_precise_cell("a", m1_l2_onestep=(0.10, [0.08, 0.12], 0.05)),
+             _precise_cell("b", m1_l2_onestep=(0.20, [0.14, 0.26], 0.12))]
+    (w,) = stats.precision_warnings(cells)
+    assert (w["model"], w["metric"], w["basis"]) == ("b", "m1_l2_onestep", "the spread between the models")
+    assert w["half_width"] == pytest.approx(0.06) and w["limit"] == pytest.approx(0.05)
+    # The suggested N: the episodes that bring sd 0.12 under 0.05, rounded up, times 25 states.
+    units = stats.suggested_units(0.12, 0.05)
+    assert w["suggested_n_states"] == units * 25 and w["suggested_n_states"] > 150
+
+
+def test_precision_warning_for_a_tau_b_and_for_a_single_model():
+    wide_tau = _precise_cell("a", m3_action_agreement=(-0.54, [-0.97, 0.42], 0.76))
+    (w,) = stats.precision_warnings([wide_tau])
+    assert w["limit"] == stats.RANK_HALF_WIDTH_LIMIT and w["basis"] == "the tau-b limit"
+    assert 5_000 <= w["suggested_n_states"] <= 6_000  # about 225 episodes of 25
+    # One model, no spread: judged against its own value (half-width 0.3 of 1.0 is fine, 0.6 is not).
+    assert stats.precision_warnings([_precise_cell("a", m1_l2_onestep=(1.0, [0.7, 1.3], 0.5))]) == []
+    (w,) = stats.precision_warnings([_precise_cell("a", m1_l2_onestep=(1.0, [0.4, 1.6], 0.5))])
+    assert w["basis"] == "the value"
+    # Nothing to say without an interval.
+    assert stats.precision_warnings([_precise_cell("a", m1_l2_onestep=(1.0, None, None))]) == []

@@ -10,12 +10,13 @@ kernel, as ``jax.shard_map`` of the kernel's exported program
 - every device runs exactly the program a one-device run runs on a chunk of
   the same size, on the same rows: per-row results (the oracle's answers, a
   model's predictions) are the same arithmetic;
-- a kernel's sums over rows (the metrics' chunk sums) stay one per device and
-  are added on the host, in row order, as a one-device run adds its chunks'
-  (nothing is reduced across devices inside a kernel, so nothing is
-  reassociated there): a run on D devices at ``--chunk-states D*c`` adds the
-  same float64 parts in the same order as a one-device run at
-  ``--chunk-states c``;
+- a kernel's sums over rows (the metrics' per-episode partial sums of a
+  chunk) stay one set per device and are added on the host, in row order, as
+  a one-device run adds its chunks' (nothing is reduced across devices inside
+  a kernel, so nothing is reassociated there): a run on D devices at
+  ``--chunk-states D*c`` adds the same float64 parts in the same order as a
+  one-device run at ``--chunk-states c``, and so resamples the same
+  per-episode sums for the intervals;
 - the traced program (and its entry in the persistent cache) is the same for
   any device count; only XLA's compilation is per mesh.
 
@@ -726,16 +727,24 @@ def initialize(settings: Settings) -> None:
                         f"{settings.coordinator or '(detected address)'} within {5 * t} s: {first}{hint}") from None
 
 
-def finish(code: int) -> None:
+#: Exit statuses of a command that ran to its end (0; 1: models skipped, the same in every process):
+#: such a process waits for the others at JAX's shutdown barrier.
+_CLEAN_EXITS = (0, 1)
+
+
+def finish(code: int, clean: bool | None = None) -> None:
     """End a distributed process: a clean end waits for the others (JAX's shutdown barrier), an error does not.
 
-    An error exits at once: the others, maybe waiting for this process in a
-    collective, learn of it from its missing heartbeats instead of waiting
-    for it at the barrier.
+    ``clean`` (default: ``code`` in 0, 1, the statuses of a command that
+    ran to its end). An error exits at once: the others, maybe waiting for
+    this process in a collective, learn of it from its missing heartbeats
+    instead of waiting for it at the barrier.
     """
     sys.stdout.flush()
     sys.stderr.flush()
-    if code == 0:
+    if clean is None:
+        clean = code in _CLEAN_EXITS
+    if clean:
         try:
             import jax
 
@@ -778,13 +787,13 @@ def supervise(settings: Settings, work: Callable[[], int]) -> int:
     if child == 0:
         _die_with_parent(parent)
         try:
-            code = work()
+            code, clean = int(work()), None
         except BaseException:  # noqa: BLE001 - a bug: its traceback, then exit like Python would
             import traceback
 
             traceback.print_exc()
-            code = 1
-        finish(int(code))
+            code, clean = 1, False
+        finish(code, clean)
     previous = {}
     for sig in (signal.SIGTERM, signal.SIGHUP):
         previous[sig] = signal.signal(sig, lambda s, _frame: os.kill(child, s))

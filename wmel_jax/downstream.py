@@ -9,11 +9,18 @@ correlate offline metrics with the gap (SPEC.md section 7).
 
 Pairing rule (``wmel-jax eval MODEL ... --downstream F.json ...``): one
 downstream file per model, in the same order; a count mismatch, or a file
-whose environment is not the evaluated task, is a user error.
+whose environment is not the evaluated task, is a user error. Pairing by
+position is easy to get wrong, so each pair is checked: when the checkpoint's
+``meta`` (training steps, seed, model size) contradicts the CPG file's,
+:func:`meta_mismatches` names the fields (the report warns, per pair), and
+each pair records the sha256 of its model file, so two cells of one model
+file are flagged in the correlation.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -21,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 from wmel_jax.errors import WmelError
 
-__all__ = ["Downstream", "read_downstream", "pair_downstream", "normalize_task"]
+__all__ = ["Downstream", "read_downstream", "pair_downstream", "normalize_task", "meta_mismatches", "file_sha256"]
 
 
 def normalize_task(name: str) -> str:
@@ -53,6 +60,8 @@ class Downstream:
     model_size: int | None = None
     seed: int | None = None
     training_steps: int | None = None
+    #: sha256 of the model file paired with this result (set by :func:`pair_downstream`).
+    model_sha256: str | None = None
 
     @property
     def task(self) -> str:
@@ -78,6 +87,7 @@ class Downstream:
                 "oracle_success_rate": self.oracle_success_rate,
                 "learned_success_rate": self.learned_success_rate,
                 "training_steps": self.training_steps,
+                "model_sha256": self.model_sha256,
             },
         }
 
@@ -142,14 +152,50 @@ def read_downstream(path: str | os.PathLike) -> Downstream:
     )
 
 
+def file_sha256(path: str | os.PathLike) -> str | None:
+    """sha256 of a file's bytes (streamed), or None when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+#: The checkpoint ``meta`` fields checked against a CPG file's: (meta key, Downstream attribute).
+CHECKED_META = (("training_steps", "training_steps"), ("seed", "seed"), ("tdmpc2_model_size", "model_size"))
+
+
+def meta_mismatches(meta: Mapping[str, Any] | None, downstream: Downstream) -> dict[str, dict[str, Any]]:
+    """The fields where a checkpoint's ``meta`` contradicts its paired CPG file: {field: {checkpoint, downstream}}.
+
+    Fields: training_steps, seed, tdmpc2_model_size (the CPG file's
+    ``training.tdmpc2_model_size``). A field missing on either side says
+    nothing and is not a mismatch; numbers are compared as integers.
+    """
+    meta = meta or {}
+    out: dict[str, dict[str, Any]] = {}
+    for key, attr in CHECKED_META:
+        mine, theirs = _int_or_none(meta.get(key)), getattr(downstream, attr)
+        if mine is not None and theirs is not None and mine != theirs:
+            out[key] = {"checkpoint": mine, "downstream": theirs}
+    return out
+
+
 def pair_downstream(
-    models: Sequence[str], downstream_paths: Sequence[str | os.PathLike] | None, task: str
+    models: Sequence[str], downstream_paths: Sequence[str | os.PathLike] | None, task: str | Sequence[str | None]
 ) -> list[Downstream | None]:
     """The downstream result for each model (None for all when none are given).
 
-    ``downstream_paths`` are one per model, in the models' order. Raises
-    WmelError on a count mismatch or a file whose environment is not ``task``.
-    Every file is read and checked before any model is evaluated.
+    ``downstream_paths`` are one per model, in the models' order. ``task``:
+    the task evaluated, or one per model (a run over several tasks; None: not
+    checked, a model that is skipped anyway). Raises WmelError on a count
+    mismatch or a file whose environment is not its model's task.
+    Every file is read and checked before any model is evaluated. Each
+    result records the sha256 of its model file (None when it cannot be read:
+    the model is then skipped with its own error).
     """
     if not downstream_paths:
         return [None] * len(models)
@@ -159,13 +205,13 @@ def pair_downstream(
             f"file(s) for {len(models)} model(s)"
         )
     paired = []
-    want = normalize_task(task)
-    for model, path in zip(models, downstream_paths):
+    tasks = [task] * len(models) if isinstance(task, str) else list(task)
+    for model, path, model_task in zip(models, downstream_paths, tasks, strict=True):
         d = read_downstream(path)
-        if d.task != want:
+        if model_task is not None and d.task != normalize_task(model_task):
             raise WmelError(
                 f"downstream file {d.path!r} (for {model!r}) is for environment {d.environment!r}, "
-                f"but the task evaluated is {task!r}"
+                f"but the task evaluated is {model_task!r}"
             )
-        paired.append(d)
+        paired.append(dataclasses.replace(d, model_sha256=file_sha256(model)))
     return paired

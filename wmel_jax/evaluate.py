@@ -72,10 +72,15 @@ __all__ = [
     "Problem",
     "OracleTargets",
     "make_problem",
+    "validate_episode_ids",
+    "read_episode_ids",
+    "interval_config",
     "draw_action_sequence",
     "oracle_targets",
     "precompile_oracle_targets",
     "model_metrics",
+    "model_episode_sums",
+    "summarize_episode_sums",
     "model_compiler_options",
     "check_model_fits",
     "model_task_index",
@@ -105,9 +110,6 @@ METRIC_SPACES: dict[str, str] = {
 }
 #: The metric spaces, in report order (the values of METRIC_SPACES).
 SPACES = ("observation", "latent", "reward")
-_OBSERVATION_FIELDS = ("m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement", "m3_states_used")
-_LATENT_FIELDS = ("m1_latent_onestep", "m2_latent_kstep", "m2_latent_curve")
-_REWARD_FIELDS = ("reward_rank_agreement", "reward_rank_states_used")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -125,10 +127,41 @@ class Problem:
     actions: np.ndarray
     action_sequence: np.ndarray
     seed: int | None = None
+    #: (N,) int: which states belong together (the rollout episode of a sampled
+    #: state; given with ``--episode-ids``; None: each state on its own). The
+    #: metrics' intervals resample these units whole. Not part of the oracle's
+    #: answers (``cache_key``).
+    episode_ids: np.ndarray | None = None
+    #: How ``episode_ids`` came about: "sampled" (episodes of the rollouts),
+    #: "file" (given), "states" (none given: each state is its own unit).
+    episode_source: str = "states"
+
+    def __post_init__(self):
+        n = int(self.states.shape[0])
+        ids = np.arange(n) if self.episode_ids is None else np.asarray(self.episode_ids)
+        if ids.shape != (n,):
+            raise WmelError(f"episode ids must be one per state: {n} states, got shape {ids.shape}")
+        # Dense 0..E-1 in order of first appearance (what the kernels' segments index).
+        _, first, dense = np.unique(ids, return_index=True, return_inverse=True)
+        order = np.argsort(np.argsort(first))
+        index = order[dense.reshape(-1)].astype(np.int64)
+        index.setflags(write=False)
+        object.__setattr__(self, "_episode_index", index)
+        object.__setattr__(self, "_n_episodes", int(first.size))
 
     @property
     def n_states(self) -> int:
         return int(self.states.shape[0])
+
+    @property
+    def episode_index(self) -> np.ndarray:
+        """(N,) int64: each state's episode as 0..n_episodes-1, in order of first appearance."""
+        return self._episode_index
+
+    @property
+    def n_episodes(self) -> int:
+        """The independent units the metrics' intervals resample (episodes, or states)."""
+        return self._n_episodes
 
     @property
     def k_steps(self) -> int:
@@ -213,6 +246,7 @@ def make_problem(
     precision: str | None = None,
     states: Any = None,
     action_sequence: Any = None,
+    episode_ids: Any = None,
 ) -> Problem:
     """The seeded evaluation problem of a task (SPEC.md section 5).
 
@@ -220,6 +254,11 @@ def make_problem(
     (k, action_dim) replaces the drawn one; ``actions`` (A, action_dim) defaults
     to the task's default action set. Everything is validated here, at the
     boundary: widths, finiteness (the first bad row is named), actuator range.
+
+    Episodes: sampled state i belongs to rollout episode ``i // RESET_EVERY``.
+    ``episode_ids`` (N,) integer labels say which rows of ``states`` belong
+    together (only with ``states``); without them each given state is its own
+    unit.
     """
     from wmel_jax import limits
     from wmel_jax.oracle import DEFAULT_PRECISION, make_oracle
@@ -246,17 +285,81 @@ def make_problem(
     )
     key_states, key_sequence = jax.random.split(jax.random.key(seed))
     if states is None:
-        from wmel_jax.states import sample_states
+        from wmel_jax.states import RESET_EVERY, sample_states
 
+        if episode_ids is not None:
+            raise WmelError("episode ids label the rows of given states: pass them with the states")
         states = np.asarray(
-            sample_states(key_states, task, n_states, actions=action_set, frame_skip=frame_skip, precision=precision),
+            sample_states(key_states, task, n_states, actions=action_set, reset_every=RESET_EVERY,
+                          frame_skip=frame_skip, precision=precision),
             dtype=np.float64,
         )
+        episode_ids, episode_source = np.arange(states.shape[0]) // RESET_EVERY, "sampled"
+    else:
+        episode_source = "states"
+        if episode_ids is not None:
+            episode_ids = validate_episode_ids(episode_ids, states.shape[0])
+            episode_source = "file"
     if action_sequence is None:
         action_sequence = draw_action_sequence(key_sequence, action_set, k_steps)
-    for arr in (states, action_set, action_sequence):
+    for arr in (states, action_set, action_sequence, *(() if episode_ids is None else (episode_ids,))):
         arr.setflags(write=False)
-    return Problem(task, oracle.frame_skip, oracle.precision, states, action_set, action_sequence, seed)
+    return Problem(task, oracle.frame_skip, oracle.precision, states, action_set, action_sequence, seed,
+                   episode_ids=episode_ids, episode_source=episode_source)
+
+
+def read_episode_ids(path: Any) -> np.ndarray:
+    """A ``.npy`` of (N,) integer episode labels, never unpickling anything (checked by make_problem)."""
+    from wmel_jax.fileio import read_npy_file
+
+    return read_npy_file(path, "episode ids")
+
+
+def interval_config(problem: Problem, *, episode_file: Any = None) -> dict[str, Any]:
+    """The report's ``config`` fields about the metrics' intervals: n_episodes, episodes, interval {...}."""
+    from wmel_jax import stats
+    from wmel_jax.states import RESET_EVERY
+
+    e = problem.n_episodes
+    episodes = {
+        "sampled": f"rollout episodes of {RESET_EVERY} states (state i in episode i // {RESET_EVERY})",
+        "file": f"file: {episode_file}" if episode_file is not None else "given",
+        "states": "none: each state is its own unit",
+    }[problem.episode_source]
+    return {
+        "n_episodes": e,
+        "episodes": episodes,
+        "interval": {
+            "method": "bootstrap-t and expanded percentile, hull",
+            "unit": "state" if problem.episode_source == "states" else "episode",
+            "n_units": e,
+            "n_resamples": stats.default_resamples(e),
+            "confidence": stats.INTERVAL_CONFIDENCE,
+            "seed": 0 if problem.seed is None else int(problem.seed),
+        },
+    }
+
+
+def validate_episode_ids(episode_ids: Any, n_states: int) -> np.ndarray:
+    """(N,) integer episode labels, one per state: WmelError otherwise. Returns int64 numpy.
+
+    Any integers (labels, not positions); integer-valued floats are accepted
+    (a .npy written from float arrays), other values are not.
+    """
+    ids = np.asarray(episode_ids)
+    if ids.ndim == 2 and 1 in ids.shape:
+        ids = ids.reshape(-1)
+    if ids.ndim != 1:
+        raise WmelError(f"episode ids must be a 1-D array (one label per state); got shape {ids.shape}")
+    if ids.shape[0] != n_states:
+        raise WmelError(f"{ids.shape[0]} episode ids for {n_states} states: give one per state")
+    if np.issubdtype(ids.dtype, np.floating):
+        bad = np.flatnonzero(~np.isfinite(ids) | (ids != np.round(ids)))
+        if bad.size:
+            raise WmelError(f"episode id {bad[0]} is {ids[bad[0]]!r}, not an integer")
+    elif not np.issubdtype(ids.dtype, np.integer):
+        raise WmelError(f"episode ids must be integers; got {ids.dtype} values")
+    return ids.astype(np.int64)
 
 
 def check_distinct_actions(actions: np.ndarray, what: str) -> np.ndarray:
@@ -513,9 +616,10 @@ def _unavailable(arch: Any, spaces: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-#: Where the model kernel's arguments keep their states: params, task, states, valid, actions, sequence,
-#: true_next, true_scores, true_rewards, true_traj (k, C, obs_dim). Its outputs are per-call sums: one per device.
-_MODEL_IN_AXES = (None, None, 0, 0, None, None, 0, 0, 0, 1)
+#: Where the model kernel's arguments keep their states: params, task, states, valid, segments, actions,
+#: sequence, true_next, true_scores, true_rewards, true_traj (k, C, obs_dim). Its outputs are per-segment
+#: sums of one device's part: one per device.
+_MODEL_IN_AXES = (None, None, 0, 0, 0, None, None, 0, 0, 0, 1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -527,7 +631,10 @@ def _model_kernel(arch: Any, score_fn: Callable, spaces: tuple[str, ...]) -> Cal
     ``spaces`` is static: a space not asked for costs nothing (its networks
     are not run). Returns a dict of :class:`~wmel_jax.metrics.SumCount`:
     ``m1_latent``, ``m2_latent`` (latent); ``reward_rank`` (reward);
-    ``m1``, ``m2``, ``m3`` (observation).
+    ``m1``, ``m2``, ``m3`` (observation), each split per segment: ``segments``
+    (C,) int32 gives each state of the chunk its episode's index among the
+    chunk's episodes (there are at most C), so every total is (C,) or (C, k)
+    and every count (C,); the host adds them up per episode.
     """
     from wmel_jax.model import decode, encode, next_latent, predict, reward
 
@@ -547,8 +654,10 @@ def _model_kernel(arch: Any, score_fn: Callable, spaces: tuple[str, ...]) -> Cal
             action = action * jnp.take(params["action_masks"], task, axis=0)
         return action
 
-    def kernel(params, task, states, valid, actions, sequence, true_next, true_scores, true_rewards, true_traj):
+    def kernel(params, task, states, valid, segments, actions, sequence, true_next, true_scores, true_rewards,
+               true_traj):
         n, a = states.shape[0], actions.shape[0]
+        per = dict(segments=segments, num_segments=n)  # per-episode partial sums (at most n episodes)
         k = sequence.shape[0]
         act = model_action(params, task, actions)  # (A, model action_dim)
         seq = model_action(params, task, sequence)  # (k, model action_dim)
@@ -562,7 +671,7 @@ def _model_kernel(arch: Any, score_fn: Callable, spaces: tuple[str, ...]) -> Cal
         if "latent" in spaces:
             # One-step: against the encoder's view of the oracle's successors.
             z_true_next = encode(arch, params, model_obs(true_next.reshape(n * a, -1)), task)
-            out["m1_latent"] = M.one_step_l2_sum(z_next.reshape(n, a, -1), z_true_next.reshape(n, a, -1), valid)
+            out["m1_latent"] = M.one_step_l2_sum(z_next.reshape(n, a, -1), z_true_next.reshape(n, a, -1), valid, **per)
 
             # k-step: the latent rolled open loop, as TD-MPC2 plans.
             def latent_step(zt, action):
@@ -571,24 +680,26 @@ def _model_kernel(arch: Any, score_fn: Callable, spaces: tuple[str, ...]) -> Cal
 
             _, z_traj = jax.lax.scan(latent_step, z, seq)  # (k, C, latent)
             z_true_traj = encode(arch, params, model_obs(true_traj.reshape(k * n, -1)), task).reshape(k, n, -1)
-            out["m2_latent"] = M.kstep_l2_curve_sum(z_traj, z_true_traj, valid)
+            out["m2_latent"] = M.kstep_l2_curve_sum(z_traj, z_true_traj, valid, **per)
 
         if "reward" in spaces:
             pred_rewards = reward(arch, params, z_rep, act_rep, task).reshape(n, a)
-            out["reward_rank"] = M.action_ranking_agreement(true_rewards, pred_rewards.astype(true_rewards.dtype), valid)
+            out["reward_rank"] = M.action_ranking_agreement(
+                true_rewards, pred_rewards.astype(true_rewards.dtype), valid, **per
+            )
 
         if "observation" in spaces:
             pred_next = decode(arch, params, z_next)
-            out["m1"] = M.one_step_l2_sum(pred_next.reshape(n, a, -1), true_next, valid)
+            out["m1"] = M.one_step_l2_sum(pred_next.reshape(n, a, -1), true_next, valid, **per)
             pred_scores = jax.vmap(score_fn)(pred_next.astype(true_scores.dtype)).reshape(n, a)
-            out["m3"] = M.action_ranking_agreement(true_scores, pred_scores, valid)
+            out["m3"] = M.action_ranking_agreement(true_scores, pred_scores, valid, **per)
 
             def step(obs, action):
                 nxt = predict(arch, params, obs, jnp.broadcast_to(action, (n, action.shape[0])), task)
                 return nxt, nxt
 
             _, traj = jax.lax.scan(step, states.astype(jnp.float32), seq)  # (k, C, obs_dim)
-            out["m2"] = M.kstep_l2_curve_sum(traj, true_traj, valid)
+            out["m2"] = M.kstep_l2_curve_sum(traj, true_traj, valid, **per)
         return out
 
     return kernel
@@ -602,9 +713,11 @@ def model_metrics(
     *,
     total_states: int | None = None,
     spaces: Any = None,
+    interval_resamples: int | None = None,
+    interval_seed: int | None = None,
     runtime: Any = None,
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """Every metric the model supports on a problem, or those of ``spaces``; (metrics, timings).
+    """Every metric the model supports on a problem, or those of ``spaces``, with intervals; (metrics, timings).
 
     ``runtime`` (default the process's): the devices the calls are split
     over; each device returns its own chunk sums, added on the host in the
@@ -629,6 +742,65 @@ def model_metrics(
     have (no decoder: the observation-space ones; no reward head: the reward
     ranking) or that was not asked for is None, with its states-used count,
     and ``unavailable`` maps it to the reason.
+
+    Beside each metric ``<metric>_ci``: its 95% interval [low, high] from the
+    episode bootstrap (:func:`summarize_episode_sums`; a curve's is a list of
+    k [low, high]), None where the metric is None or there are fewer than two
+    episodes; ``n_episodes``, the units resampled; ``episode_sd`` {metric:
+    per-episode sd}, for the precision warning's suggested N. ``interval_*``:
+    the bootstrap's resamples (default ``stats.INTERVAL_RESAMPLES``) and seed
+    (default the problem's seed): every model of a run is resampled on the
+    same episodes.
+
+    timings: model_compile_s, model_run_s (the kernel), interval_s (the
+    bootstrap, on the host).
+    """
+    sums, timings = model_episode_sums(
+        model, problem, targets, chunk_states, total_states=total_states, spaces=spaces, runtime=runtime
+    )
+    t0 = time.perf_counter()
+    result = summarize_episode_sums(sums, problem, resamples=interval_resamples, seed=interval_seed)
+    timings["interval_s"] = time.perf_counter() - t0
+    unavailable = _unavailable(model.arch, requested_spaces(spaces))
+    # A metric that overflowed is null with its reason (and no interval), never a silent null.
+    for curve, last in (("m2_curve", "m2_l2_kstep"), ("m2_latent_curve", "m2_latent_kstep")):
+        if result.get(curve) is not None and not all(math.isfinite(v) for v in result[curve]):
+            for field in (curve, last):
+                result[field] = result[f"{field}_ci"] = None
+                unavailable[field] = NON_FINITE_REASON
+    for metric in ("m1_l2_onestep", "m3_action_agreement", "m1_latent_onestep", "reward_rank_agreement"):
+        if result.get(metric) is not None and not math.isfinite(result[metric]):
+            result[metric] = result[f"{metric}_ci"] = None
+            unavailable[metric] = NON_FINITE_REASON
+    if unavailable:
+        result["unavailable"] = unavailable
+    return result, timings
+
+
+def model_episode_sums(
+    model: Any,
+    problem: Problem,
+    targets: OracleTargets,
+    chunk_states: int = DEFAULT_CHUNK_STATES,
+    *,
+    total_states: int | None = None,
+    spaces: Any = None,
+    runtime: Any = None,
+) -> tuple[dict[str, M.SumCount], dict[str, float]]:
+    """The model kernel's sums per episode, over every chunk; (sums, timings).
+
+    ``runtime`` (default the process's): the devices the calls are split
+    over; each device returns its own part's per-episode sums, added on the
+    host in the order of the states, as a one-device run adds its chunks' (see
+    :mod:`wmel_jax.distributed`). ``targets`` must hold the answers for this
+    process's share of the states (all of them, or :func:`oracle_targets`
+    computed with the same runtime and chunk size).
+
+    sums: {kernel output: SumCount(total (E,) or (E, k) float64, count (E,)
+    int64)} for the outputs of the computed spaces (``m1``, ``m2``, ``m3``;
+    ``m1_latent``, ``m2_latent``; ``reward_rank``), E = problem.n_episodes,
+    episodes in :attr:`Problem.episode_index` order. A chunk boundary that
+    cuts an episode leaves two partial sums, added here.
     """
     task = model_task_index(model, problem.task)
     computed = model_spaces(model.arch, spaces)
@@ -639,21 +811,30 @@ def model_metrics(
     layout = _layout(rt, n, chunk_states)
     size = layout.per_device
     f32 = np.float32
+    episode_index = problem.episode_index
     shared = rt.replicate((model.params, None if task is None else np.asarray(task, np.int32),
                            np.asarray(problem.actions, f32), np.asarray(problem.action_sequence, f32)))
 
+    def segments_of(take: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Each row's episode among its device part's episodes (padding: 0, masked out): (len(take),) int32."""
+        segments = np.zeros(take.size, np.int32)
+        for at in range(0, take.size, size):
+            rows = take[at : at + size][valid[at : at + size]]
+            segments[at : at + rows.size] = np.unique(episode_index[rows], return_inverse=True)[1].reshape(-1)
+        return segments
+
     def local_args(take: np.ndarray, valid: np.ndarray) -> tuple:
         """This process's rows of a call (``take``: indices into the states), as the kernel's batch arguments."""
-        return (problem.states[take], valid, *_target_rows(targets, take, valid))
+        return (problem.states[take], valid, segments_of(take, valid), *_target_rows(targets, take, valid))
 
     def call_args(batch: tuple, put: Callable) -> tuple:
-        states, valid, true_next, true_scores, true_rewards, true_traj = batch
+        states, valid, segments, true_next, true_scores, true_rewards, true_traj = batch
         params, task_arg, actions, sequence = shared
-        return (params, task_arg, put(states), put(valid), actions, sequence, put(true_next), put(true_scores),
-                put(true_rewards), put(true_traj, 1))
+        return (params, task_arg, put(states), put(valid), put(segments), actions, sequence, put(true_next),
+                put(true_scores), put(true_rewards), put(true_traj, 1))
 
     take0, valid0 = layout.local_take(0)
-    one_device = tuple(x[:size] if i != 5 else x[:, :size] for i, x in enumerate(local_args(take0, valid0)))
+    one_device = tuple(x[:size] if i != 6 else x[:, :size] for i, x in enumerate(local_args(take0, valid0)))
     spec_args = call_args(one_device, lambda x, axis=0: jax.ShapeDtypeStruct(x.shape, x.dtype))
     compiled, compile_s = _compiled(kernel, spec_args, model_compiler_options(total_states),
                                     rt.placement(_MODEL_IN_AXES, STACKED))
@@ -665,41 +846,117 @@ def model_metrics(
         out = jax.block_until_ready(compiled(*args))
         run_s += time.perf_counter() - t0
         outputs.append(out)
-    # One part per device per call, in the order of the states (a one-device run's chunks).
+    # One part per device per call, in the order of the states (a one-device run's chunks), and
+    # the episodes of each part's segments.
     parts = rt.per_device(outputs)
+    maps = [np.unique(episode_index[start:stop]) for _, _, start, stop in layout.parts()]
+    sums = {name: M.scatter_segments([p[name] for p in parts], maps, problem.n_episodes) for name in parts[0]}
+    return sums, {"model_compile_s": compile_s, "model_run_s": run_s}
 
-    def combined(name: str) -> tuple[Any, int]:
-        return M.mean_or_none(M.combine_sums(*(p[name] for p in parts)))
 
-    result: dict[str, Any] = dict.fromkeys(_OBSERVATION_FIELDS)
-    if "m1" in parts[0]:
-        m1, _ = combined("m1")
-        curve, _ = combined("m2")
-        m3, m3_used = combined("m3")
-        result.update(m1_l2_onestep=m1, m2_l2_kstep=curve[-1], m2_curve=curve, m3_action_agreement=m3,
-                      m3_states_used=m3_used)
-    result.update(dict.fromkeys(_LATENT_FIELDS))
-    if "m1_latent" in parts[0]:
-        m1_latent, _ = combined("m1_latent")
-        latent_curve, _ = combined("m2_latent")
-        result.update(m1_latent_onestep=m1_latent, m2_latent_kstep=latent_curve[-1], m2_latent_curve=latent_curve)
-    result.update(dict.fromkeys(_REWARD_FIELDS))
-    if "reward_rank" in parts[0]:
-        rank, rank_used = combined("reward_rank")
-        result.update(reward_rank_agreement=rank, reward_rank_states_used=rank_used)
-    unavailable = _unavailable(model.arch, requested_spaces(spaces))
-    # A metric that overflowed is null with its reason, never a silent null.
-    for curve, last in (("m2_curve", "m2_l2_kstep"), ("m2_latent_curve", "m2_latent_kstep")):
-        if result.get(curve) is not None and not all(math.isfinite(v) for v in result[curve]):
-            result[curve] = result[last] = None
-            unavailable[curve] = unavailable[last] = NON_FINITE_REASON
-    for metric in ("m1_l2_onestep", "m3_action_agreement", "m1_latent_onestep", "reward_rank_agreement"):
-        if result.get(metric) is not None and not math.isfinite(result[metric]):
-            result[metric] = None
-            unavailable[metric] = NON_FINITE_REASON
-    if unavailable:
-        result["unavailable"] = unavailable
-    return result, {"model_compile_s": compile_s, "model_run_s": run_s}
+# Report fields of each kernel output: (metric field, its end-point field for a curve, states-used field).
+_SUM_FIELDS = {
+    "m1": ("m1_l2_onestep", None, None),
+    "m2": ("m2_curve", "m2_l2_kstep", None),
+    "m3": ("m3_action_agreement", None, "m3_states_used"),
+    "m1_latent": ("m1_latent_onestep", None, None),
+    "m2_latent": ("m2_latent_curve", "m2_latent_kstep", None),
+    "reward_rank": ("reward_rank_agreement", None, "reward_rank_states_used"),
+}
+# Fields in report order, each followed by its interval.
+_FIELD_ORDER = (
+    "m1_l2_onestep", "m2_l2_kstep", "m2_curve", "m3_action_agreement", "m3_states_used",
+    "m1_latent_onestep", "m2_latent_kstep", "m2_latent_curve",
+    "reward_rank_agreement", "reward_rank_states_used",
+)
+_COUNT_FIELDS = ("m3_states_used", "reward_rank_states_used")
+
+
+@functools.lru_cache(maxsize=8)
+def _resampler(n_units: int, n_resamples: int, seed: int):
+    from wmel_jax.stats import EpisodeResampler
+
+    return EpisodeResampler(n_units, n_resamples, seed)
+
+
+def summarize_episode_sums(
+    sums: Mapping[str, M.SumCount],
+    problem: Problem,
+    *,
+    resamples: int | None = None,
+    seed: int | None = None,
+    confidence: float | None = None,
+) -> dict[str, Any]:
+    """Metrics, their episode-bootstrap intervals and per-episode sds from per-episode sums.
+
+    sums: :func:`model_episode_sums`' output. Each metric is the ratio of its
+    sums over all episodes (exactly the mean over states, or over (state,
+    action) pairs); its interval resamples whole episodes, all metrics on the
+    same resamples (``wmel_jax.stats.ratio_intervals``). Returns the
+    :func:`model_metrics` fields (unavailable ones None), ``n_episodes`` and
+    ``episode_sd``.
+    """
+    from wmel_jax import stats
+
+    e = problem.n_episodes
+    resamples = stats.default_resamples(e) if resamples is None else int(resamples)
+    seed = (0 if problem.seed is None else int(problem.seed)) if seed is None else int(seed)
+    confidence = stats.INTERVAL_CONFIDENCE if confidence is None else float(confidence)
+
+    # Every metric's per-episode sums as columns of one (E, m) matrix: one bootstrap for all.
+    columns: list[tuple[str, int, int]] = []  # (kernel output, first column, width)
+    totals, counts = [], []
+    for name, part in sums.items():
+        total = np.asarray(part.total, np.float64).reshape(e, -1)
+        count = np.asarray(part.count, np.float64).reshape(e, 1)
+        columns.append((name, sum(t.shape[1] for t in totals), total.shape[1]))
+        totals.append(total)
+        counts.append(np.broadcast_to(count, total.shape))
+    if totals:
+        t_all, c_all = np.concatenate(totals, axis=1), np.concatenate(counts, axis=1)
+        low, high, _ = stats.ratio_intervals(t_all, c_all, _resampler(e, resamples, seed), confidence)
+        sd = stats.episode_sd(t_all, c_all)
+
+    def interval(i: int, bounded: bool = False):
+        if not (np.isfinite(low[i]) and np.isfinite(high[i])):
+            return None
+        lo, hi = float(low[i]), float(high[i])
+        return [max(lo, -1.0), min(hi, 1.0)] if bounded else [lo, hi]  # a tau-b lives in [-1, 1]
+
+    fields: dict[str, Any] = {}
+    sds: dict[str, float | None] = {}
+    for name, first, width in columns:
+        field, end_field, used_field = _SUM_FIELDS[name]
+        value, used = M.mean_or_none(M.combine_sums(sums[name]))
+        if used_field is not None:
+            fields[used_field] = used
+        if value is None:
+            fields[field] = None
+            fields[f"{field}_ci"] = None
+            if end_field is not None:
+                fields[end_field] = fields[f"{end_field}_ci"] = None
+            continue
+        fields[field] = value
+        if end_field is None:
+            fields[f"{field}_ci"] = interval(first, bounded=used_field is not None)
+            sds[field] = float(sd[first]) if np.isfinite(sd[first]) else None
+        else:  # a curve: every step's interval; its end point is the k-step metric
+            steps = [interval(first + j) for j in range(width)]
+            fields[f"{field}_ci"] = None if any(x is None for x in steps) else steps
+            fields[end_field] = value[-1]
+            fields[f"{end_field}_ci"] = steps[-1]
+            last = first + width - 1
+            sds[end_field] = float(sd[last]) if np.isfinite(sd[last]) else None
+
+    result: dict[str, Any] = {}
+    for field in _FIELD_ORDER:
+        result[field] = fields.get(field)
+        if field not in _COUNT_FIELDS:
+            result[f"{field}_ci"] = fields.get(f"{field}_ci")
+    result["n_states"] = problem.n_states
+    result["n_episodes"] = e
+    result["episode_sd"] = {k: sds.get(k) for k in _FIELD_ORDER if k in sds}
+    return result
 
 
 def _target_rows(targets: OracleTargets, take: np.ndarray, valid: np.ndarray) -> tuple:

@@ -91,6 +91,8 @@ __all__ = [
     "disk_key",
     "stats",
     "clear",
+    "add_listener",
+    "remove_listener",
 ]
 
 #: Bumped whenever the file layout or the key material changes.
@@ -673,6 +675,38 @@ def _abstract(args: tuple) -> tuple:
     return jax.tree_util.tree_map(one, args)
 
 
+_LISTENERS: list[Callable[[str, Callable], None]] = []
+
+
+def add_listener(listener: Callable[[str, Callable], None]) -> None:
+    """Call ``listener(event, kernel)`` as kernels are built (in whichever thread builds them).
+
+    Events: "read" (its traced program is read from the cache directory),
+    "trace" (it is being traced: no stored program), then "compile" (XLA
+    compiles it, or reads its executable from the cache). A kernel this
+    process already compiled sends nothing. For progress displays; a listener
+    must be quick and must not raise.
+    """
+    with _LOCK:
+        _LISTENERS.append(listener)
+
+
+def remove_listener(listener: Callable[[str, Callable], None]) -> None:
+    with _LOCK:
+        if listener in _LISTENERS:
+            _LISTENERS.remove(listener)
+
+
+def _notify(event: str, kernel: Callable) -> None:
+    with _LOCK:
+        listeners = list(_LISTENERS)
+    for listener in listeners:
+        try:
+            listener(event, kernel)
+        except Exception:  # noqa: BLE001 - a display must never break a run
+            pass
+
+
 def _exported(kernel: Callable, avals: tuple):
     """The kernel's exported program for ``avals``: read from the directory, else traced (and written)."""
     directory = _DIRECTORY
@@ -700,7 +734,9 @@ def _exported(kernel: Callable, avals: tuple):
             else:
                 _count("read")
                 _count("load_s", time.perf_counter() - t0)
+                _notify("read", kernel)
                 return exp
+    _notify("trace", kernel)
     t0 = time.perf_counter()
     exp = export.export(jax.jit(kernel))(*avals)
     _count("traced")
@@ -724,6 +760,7 @@ def _build(kernel: Callable, avals: tuple, options: dict[str, Any], placement: A
         fn = kernel
     else:
         fn = exp.call
+    _notify("compile", kernel)
     if placement is not None:
         fn, avals = placement.wrap(fn), placement.global_avals(avals)
     t0 = time.perf_counter()

@@ -13,6 +13,14 @@ batch combine exactly with :func:`combine_sums` (on the host, in float64), and
 kernel takes an optional ``valid`` mask over states, so a caller can pad the
 last chunk to the chunk shape (one compilation) and mask the padding out.
 
+Every ``*_sum`` kernel also takes optional ``segments`` (N,) int ids with a
+static ``num_segments``: the sums are then split per segment (a segment-sum;
+SumCount(total (S,) or (S, k), count (S,))). The evaluator passes each state's
+rollout episode, so the kernels return per-episode partial sums: the host adds
+the pieces of an episode that two chunks share (:func:`scatter_segments`) and
+resamples whole episodes for the metrics' intervals (``wmel_jax.stats``), at no
+extra model or oracle work.
+
 Dtypes: distances are computed in the wider float dtype of the two inputs (the
 learned model is float32, the oracle may be float64); nothing here depends on
 ``jax_enable_x64`` beyond what the inputs' dtypes imply.
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
@@ -41,6 +50,7 @@ __all__ = [
     "action_ranking_agreement",
     "combine_sums",
     "mean_or_none",
+    "scatter_segments",
 ]
 
 
@@ -83,21 +93,49 @@ def _state_mask(valid: ArrayLike | None, n_states: int) -> Array:
     return valid
 
 
+def _reduce_states(
+    total: Array, count: Array, segments: ArrayLike | None, num_segments: int | None
+) -> SumCount:
+    """Per-state sums (N, ...) and counts (N,) -> summed over states, or per segment.
+
+    segments None: SumCount(total (...), count ()). Else (N,) int ids in
+    [0, num_segments): SumCount(total (S, ...), count (S,)); ids out of range
+    are dropped (jax.ops.segment_sum's rule), so give padded rows any valid id
+    and mask them out with ``valid``.
+    """
+    if segments is None:
+        return SumCount(jnp.sum(total, axis=0), jnp.sum(count, dtype=jnp.int32))
+    if num_segments is None:
+        raise ValueError("segments need a static num_segments")
+    segments = jnp.asarray(segments)
+    if segments.shape != count.shape:
+        raise ValueError(f"segments must have shape {count.shape}, got {segments.shape}")
+    return SumCount(
+        jax.ops.segment_sum(total, segments, num_segments),
+        jax.ops.segment_sum(count.astype(jnp.int32), segments, num_segments),
+    )
+
+
 def one_step_l2_sum(
-    pred_next: ArrayLike, true_next: ArrayLike, valid: ArrayLike | None = None
+    pred_next: ArrayLike,
+    true_next: ArrayLike,
+    valid: ArrayLike | None = None,
+    segments: ArrayLike | None = None,
+    num_segments: int | None = None,
 ) -> SumCount:
     """M1 as a sum: pred_next, true_next (N, A, obs_dim); valid (N,) bool or None.
 
     Returns SumCount(total: () sum of ||pred - true||_2 over valid (s, a),
-    count: () int32 number of those pairs).
+    count: () int32 number of those pairs); with ``segments`` (N,) int and a
+    static ``num_segments`` S, both per segment: total (S,), count (S,).
     """
     dist = l2_distance(pred_next, true_next)  # (N, A)
     if dist.ndim != 2:
         raise ValueError(f"one_step_l2 expects (N, A, obs_dim) inputs, got {jnp.shape(pred_next)}")
     mask = _state_mask(valid, dist.shape[0])
-    total = jnp.sum(jnp.where(mask[:, None], dist, jnp.zeros((), dist.dtype)))
-    count = jnp.sum(mask, dtype=jnp.int32) * dist.shape[1]
-    return SumCount(total, count)
+    per_state = jnp.sum(jnp.where(mask[:, None], dist, jnp.zeros((), dist.dtype)), axis=1)
+    count = mask.astype(jnp.int32) * dist.shape[1]
+    return _reduce_states(per_state, count, segments, num_segments)
 
 
 def one_step_l2(pred_next: ArrayLike, true_next: ArrayLike) -> Array:
@@ -109,20 +147,25 @@ def one_step_l2(pred_next: ArrayLike, true_next: ArrayLike) -> Array:
 
 
 def kstep_l2_curve_sum(
-    pred_traj: ArrayLike, true_traj: ArrayLike, valid: ArrayLike | None = None
+    pred_traj: ArrayLike,
+    true_traj: ArrayLike,
+    valid: ArrayLike | None = None,
+    segments: ArrayLike | None = None,
+    num_segments: int | None = None,
 ) -> SumCount:
     """M2 curve as a sum: pred_traj, true_traj (k, N, obs_dim); valid (N,) bool or None.
 
     Step-major, as ``lax.scan`` stacks a rollout: ``traj[t - 1]`` is the
     observation after t actions. Returns SumCount(total: (k,) per-step sum over
-    valid start states of the L2 distance, count: () int32 valid start states).
+    valid start states of the L2 distance, count: () int32 valid start states);
+    with ``segments`` (N,) and ``num_segments`` S: total (S, k), count (S,).
     """
     dist = l2_distance(pred_traj, true_traj)  # (k, N)
     if dist.ndim != 2:
         raise ValueError(f"kstep_l2_curve expects (k, N, obs_dim) inputs, got {jnp.shape(pred_traj)}")
     mask = _state_mask(valid, dist.shape[1])
-    total = jnp.sum(jnp.where(mask[None, :], dist, jnp.zeros((), dist.dtype)), axis=1)
-    return SumCount(total, jnp.sum(mask, dtype=jnp.int32))
+    per_state = jnp.where(mask[:, None], dist.T, jnp.zeros((), dist.dtype))  # (N, k)
+    return _reduce_states(per_state, mask.astype(jnp.int32), segments, num_segments)
 
 
 def kstep_l2_curve(pred_traj: ArrayLike, true_traj: ArrayLike) -> Array:
@@ -182,35 +225,69 @@ def kendall_tau_b(x: ArrayLike, y: ArrayLike) -> tuple[Array, Array]:
 
 
 def action_ranking_agreement(
-    true_scores: ArrayLike, pred_scores: ArrayLike, valid: ArrayLike | None = None
+    true_scores: ArrayLike,
+    pred_scores: ArrayLike,
+    valid: ArrayLike | None = None,
+    segments: ArrayLike | None = None,
+    num_segments: int | None = None,
 ) -> SumCount:
     """M3 as a sum: true_scores, pred_scores (N, A); valid (N,) bool or None.
 
     ``scores[s, a]`` is the task score of the successor of state s under
     action a (oracle / learned model). Returns SumCount(total: () sum of
     tau-b over the valid states where it is defined, count: () int32 number of
-    those states). M3 = total / count, undefined (None) when count is 0: use
-    :func:`mean_or_none`. NaN-free by construction.
+    those states); with ``segments`` (N,) and ``num_segments`` S, per segment
+    (total (S,), count (S,)). M3 = total / count, undefined (None) when count
+    is 0: use :func:`mean_or_none`. NaN-free by construction.
     """
     true_scores, pred_scores = jnp.asarray(true_scores), jnp.asarray(pred_scores)
     if true_scores.ndim != 2:
         raise ValueError(f"action_ranking_agreement expects (N, A) scores, got {true_scores.shape}")
     tau, defined = kendall_tau_b(true_scores, pred_scores)
     used = defined & _state_mask(valid, tau.shape[0])
-    total = jnp.sum(jnp.where(used, tau, jnp.zeros((), tau.dtype)))
-    return SumCount(total, jnp.sum(used, dtype=jnp.int32))
+    per_state = jnp.where(used, tau, jnp.zeros((), tau.dtype))
+    return _reduce_states(per_state, used.astype(jnp.int32), segments, num_segments)
 
 
 def combine_sums(*parts: SumCount) -> SumCount:
     """Host-side: add chunk sums in float64 and Python ints (exact counts).
 
-    Returns SumCount(total: numpy float64 () or (k,), count: int).
+    Returns SumCount(total: numpy float64 () or (k,), count: int). Parts split
+    per segment (total (S, ...), count (S,)) are summed over their segments
+    first.
     """
     if not parts:
         raise ValueError("combine_sums needs at least one part")
-    total = sum(np.asarray(p.total, dtype=np.float64) for p in parts)
-    count = sum(int(p.count) for p in parts)
+    total = 0.0
+    count = 0
+    for p in parts:
+        t, c = np.asarray(p.total, dtype=np.float64), np.asarray(p.count)
+        if c.ndim:  # per segment
+            t, c = t.sum(axis=0), c.sum()
+        total = total + t
+        count += int(c)
     return SumCount(np.asarray(total, dtype=np.float64), count)
+
+
+def scatter_segments(parts: list[SumCount], segment_maps: list[np.ndarray], n_segments: int) -> SumCount:
+    """Host-side: chunks' per-segment sums into one per-episode SumCount (float64, int64).
+
+    parts[j]: SumCount(total (S, ...), count (S,)) of chunk j, whose local
+    segment i is global episode ``segment_maps[j][i]`` (local segments past
+    ``len(segment_maps[j])`` are unused and must be empty). An episode cut by
+    a chunk boundary gets the sum of its pieces. Returns SumCount(total
+    (n_segments, ...) float64, count (n_segments,) int64).
+    """
+    if not parts:
+        raise ValueError("scatter_segments needs at least one part")
+    first = np.asarray(parts[0].total)
+    total = np.zeros((n_segments, *first.shape[1:]), np.float64)
+    count = np.zeros(n_segments, np.int64)
+    for part, where in zip(parts, segment_maps, strict=True):
+        m = len(where)
+        np.add.at(total, where, np.asarray(part.total, np.float64)[:m])
+        np.add.at(count, where, np.asarray(part.count, np.int64)[:m])
+    return SumCount(total, count)
 
 
 def mean_or_none(part: SumCount) -> tuple[float | list[float] | None, int]:

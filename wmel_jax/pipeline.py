@@ -6,6 +6,8 @@ produced, so other commands (``wmel-jax cpg``) reuse the ones they need::
     check_labels, Inputs.read      the options and the user's array files, checked before any work
     load_models     -> [LoadedModel]   converted files (a torch .pt converted on the fly when torch is installed)
     resolve_task    -> task            --env, else the task recorded at conversion
+    group_models    -> [(task, models)] without --env: each model on its own task, grouped by
+                                       (task, frame skip, action set); per group:
     select_models   -> Selection       the models judged together: fit the task, meet the command's
                                        requirement, share a frame skip and an action set
     build_problem   -> Problem         the seeded states (or the given ones) and M2's actions
@@ -37,11 +39,13 @@ from wmel_jax.evaluate import (
     DEFAULT_K_STEPS,
     DEFAULT_N_STATES,
     check_model_fits,
+    interval_config,
     make_problem,
     model_metrics,
     model_spaces,
     oracle_targets,
     precompile_oracle_targets,
+    read_episode_ids,
     requested_spaces,
 )
 from wmel_jax.fileio import OutputSet, atomic_output, check_input, json_text, read_npy_file, temporary_directory
@@ -57,6 +61,7 @@ __all__ = [
     "load_models",
     "resolve_task",
     "select_models",
+    "group_models",
     "build_problem",
     "score_models",
     "run_config",
@@ -93,6 +98,9 @@ class EvalOptions:
     #: Metric spaces to compute ("observation", "latent", "reward"; a comma-separated
     #: string or a sequence; None or "all": every space the model has).
     metrics: str | Sequence[str] | None = None
+    #: A .npy of (N,) integer labels: which rows of ``states`` belong together
+    #: (the units the metrics' intervals resample). Only with ``states``.
+    episode_ids: str | None = None
     #: Replace outputs that exist (never an input, never one output by another).
     force: bool = False
     #: In a run of several processes, what they split: "states" (every process
@@ -196,14 +204,22 @@ class Inputs:
     action_sequence: np.ndarray | None = None
     actions: np.ndarray | None = None
     actions_path: str | None = None
+    #: (N,) labels of the states' episodes (``--episode-ids``; only with states).
+    episode_ids: np.ndarray | None = None
+    episode_ids_path: str | None = None
 
     @classmethod
-    def read(cls, states: str | None, action_sequence: str | None, actions: str | None) -> "Inputs":
+    def read(cls, states: str | None, action_sequence: str | None, actions: str | None,
+             episode_ids: str | None = None) -> "Inputs":
+        if episode_ids and not states:
+            raise WmelError("--episode-ids labels the rows of --states: give both (sampled states have their episodes)")
         return cls(
             read_array_file(states, "states") if states else None,
             read_array_file(action_sequence, "action sequence") if action_sequence else None,
             read_array_file(actions, "action set") if actions else None,
             actions,
+            read_episode_ids(episode_ids) if episode_ids else None,
+            episode_ids,
         )
 
 
@@ -339,6 +355,44 @@ def select_models(
     return Selection(task, frame_skip, actions, action_source, tuple(kept))
 
 
+def group_models(
+    loaded: Sequence[LoadedModel], task: str, *, env_given: bool, inputs: Inputs = Inputs()
+) -> list[tuple[str, list[LoadedModel]]]:
+    """The groups of models a run evaluates, each on its own problem: [(task, models)].
+
+    With ``--env`` one group: every model on that task (:func:`select_models`
+    skips those that do not fit). Without, each model on its own recorded
+    task (``task``, the first recorded one, for a model with none), grouped
+    by (task, frame skip, action set), since the oracle's answers depend on
+    them: each group gets them once. A model without an action set (an
+    upstream checkpoint: judged on a discrete set) joins the first group of
+    its task and frame skip, or makes its own. Groups in order of their
+    first model.
+    """
+    if env_given:
+        return [(task, list(loaded))]
+    groups: dict[tuple, list[LoadedModel]] = {}
+
+    def base(m: LoadedModel) -> tuple:
+        return (m.model.task or task, m.model.frame_skip)
+
+    for m in loaded:
+        if inputs.actions is not None:
+            key = (*base(m), None)
+        elif m.model.action_set is not None:
+            a = np.asarray(m.model.action_set, np.float64)
+            key = (*base(m), (a.shape, a.tobytes()))
+        else:
+            continue
+        groups.setdefault(key, []).append(m)
+    for m in loaded:
+        if inputs.actions is None and m.model.action_set is None:
+            key = next((k for k in groups if k[:2] == base(m)), (*base(m), None))
+            groups.setdefault(key, []).append(m)
+    ordered = sorted(groups.items(), key=lambda kv: min(m.index for m in kv[1]))
+    return [(key[0], sorted(members, key=lambda m: m.index)) for key, members in ordered]
+
+
 def build_problem(
     selection: Selection,
     inputs: Inputs,
@@ -383,6 +437,7 @@ def build_problem(
         precision=precision,
         states=inputs.states,
         action_sequence=inputs.action_sequence,
+        episode_ids=inputs.episode_ids,
     )
     if inputs.states is not None and given_n is not None and given_n != problem.n_states:
         raise _contradiction("--n-states", given_n, "--states", problem.n_states)
@@ -417,16 +472,22 @@ def score_models(
     """
     from wmel_jax import distributed
     from wmel_jax.evaluate import non_finite_metrics
+    from wmel_jax.progress import as_progress
     from wmel_jax.report import make_cell
 
     say = say or (lambda msg: print(msg, file=sys.stderr))
     rt = distributed.runtime() if runtime is None else runtime
+    progress = as_progress(progress)
     models = selection.models
     plan = distributed.plan_split([_model_cost(m.model) for m in models], problem.n_states, rt.process_count, split)
     # Both splits compute the oracle's answers over every device of the run; split by
     # models, every process then needs all of them.
-    targets = oracle_targets(problem, chunk_states, runtime=rt, gather=plan.kind == "models")
-    timings: dict[str, Any] = {**targets.timings, "model_compile_s": 0.0, "model_run_s": 0.0}
+    with progress.phase(
+        f"{problem.task}: the oracle's answers ({problem.n_states} states x {problem.actions.shape[0]} actions, "
+        f"{problem.k_steps}-step rollouts)"
+    ):
+        targets = oracle_targets(problem, chunk_states, runtime=rt, gather=plan.kind == "models")
+    timings: dict[str, Any] = {**targets.timings, "model_compile_s": 0.0, "model_run_s": 0.0, "interval_s": 0.0}
     # States each architecture's kernel will see in this run (its compile options depend on it:
     # the whole run's count, so that every split compiles the same programs).
     per_arch = Counter(m.model.arch for m in models)
@@ -451,11 +512,12 @@ def score_models(
         values, t = results[j]
         timings["model_compile_s"] += t["model_compile_s"]
         timings["model_run_s"] += t["model_run_s"]
+        timings["interval_s"] += t["interval_s"]
         bad = non_finite_metrics(values)
         if bad and rt.process_index == 0:  # said once, by the process that prints
             say(f"wmel-jax: warning: {m.name}: {', '.join(bad)} came out NaN or infinite (the model's predictions "
                 "overflow on these states); reported as null, with the reason under 'unavailable'")
-        cells.append(make_cell(m.label, values, downstream[m.index], env=problem.task))
+        cells.append(make_cell(m.label, values, downstream[m.index], env=problem.task, model_meta=m.model.meta))
     timings["split"] = plan
     return cells, timings
 
@@ -469,9 +531,9 @@ def _model_cost(model: Any) -> float:
 
 def run_config(
     problem, selection: Selection, *, seed: int, spaces: tuple[str, ...], states_path: str | None,
-    runtime: Mapping[str, Any] | None = None,
+    episode_ids_path: str | None = None, runtime: Mapping[str, Any] | None = None,
 ) -> dict:
-    """The report's ``config``: everything needed to rerun the evaluation.
+    """The report's ``config``: everything needed to rerun the evaluation, and how its intervals were made.
 
     ``runtime``: where it ran (devices, processes, how the work was split);
     recorded last, it changes none of the numbers beyond the tolerances of
@@ -490,6 +552,7 @@ def run_config(
         "action_set_source": selection.action_source,
         "metric_spaces_requested": list(spaces),
         "states": "file: " + str(states_path) if states_path else "sampled (seeded random-action rollouts)",
+        **interval_config(problem, episode_file=episode_ids_path),
         **extra,
     }
 
@@ -505,6 +568,7 @@ def declare_outputs(opts: EvalOptions) -> OutputSet:
     outputs.add_input(opts.states, "--states file")
     outputs.add_input(opts.action_sequence, "--action-sequence file")
     outputs.add_input(opts.actions, "--actions file")
+    outputs.add_input(opts.episode_ids, "--episode-ids file")
     outputs.add_inputs(opts.downstream, "--downstream file")
     outputs.add(opts.output, "report (-o)")
     outputs.add(opts.figure, "figure (--figure)")
@@ -529,9 +593,9 @@ def write_outputs(report: Mapping[str, Any], problem, opts: EvalOptions, outputs
     if opts.output:
         outputs.write(opts.output, json_text(report))
     if opts.figure:
-        from wmel_jax.figure import render_png
+        from wmel_jax.figure import figure_format, render_figure
 
-        outputs.write(opts.figure, render_png([report]))
+        outputs.write(opts.figure, render_figure([report], figure_format(opts.figure)))
     outputs.commit()
 
 
@@ -539,22 +603,41 @@ def run_eval(
     opts: EvalOptions,
     *,
     say: Callable[[str], None] | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Any = None,
 ) -> dict[str, Any]:
     """Evaluate every model in ``opts.models``; returns the report dict (also written when asked).
 
     The stages, in order: check the options and outputs, read the input
-    files, load the models, settle the task, pair the downstream files,
-    select the models that can be judged together, build the problem, score
-    every model against the oracle's answers (computed once), assemble the
-    report, write the outputs.
+    files, load the models, settle the task, group the models (without
+    ``--env``, each on its own recorded task: one group per task, frame skip
+    and action set), pair the downstream files, and per group: select the
+    models that can be judged together, build the problem, score every model
+    against the oracle's answers (computed once per group); then assemble the
+    report (one block per group) and write the outputs.
+
+    ``progress``: a :class:`wmel_jax.progress.Progress` (phases, the models'
+    bar, kernels compiling), or an older ``(done, total, name)`` callback
+    over the models, or None.
     """
+    from wmel_jax import distributed
+    from wmel_jax.progress import as_progress
+
+    say = say or (lambda msg: print(msg, file=sys.stderr))
+    # In a run of several processes, process 0 alone says how it goes.
+    progress = as_progress(progress if distributed.is_writer() else None)
+    try:
+        with progress.watch_kernels():
+            return _run_eval(opts, say, progress)
+    finally:
+        progress.close()
+
+
+def _run_eval(opts: EvalOptions, say: Callable[[str], None], progress) -> dict[str, Any]:
     from wmel_jax import distributed, kernel_cache
     from wmel_jax.downstream import pair_downstream
     from wmel_jax.evaluate import METRIC_SPACES
-    from wmel_jax.report import build_report
+    from wmel_jax.report import build_group_report
 
-    say = say or (lambda msg: print(msg, file=sys.stderr))
     t_start = time.perf_counter()
     cache_before = kernel_cache.stats()
 
@@ -569,31 +652,67 @@ def run_eval(
             f"--downstream takes one file per model, in the same order: got {len(opts.downstream)} "
             f"file(s) for {len(opts.models)} model(s)"
         )
-    inputs = Inputs.read(opts.states, opts.action_sequence, opts.actions)
+    inputs = Inputs.read(opts.states, opts.action_sequence, opts.actions, opts.episode_ids)
 
     skips = Skips(len(opts.models))
-    loaded = load_models(opts.models, labels, skips, say)
+    with progress.phase(f"loading {len(opts.models)} model file(s)"):
+        loaded = load_models(opts.models, labels, skips, say)
     if not loaded:  # every file refused: their reasons, not a task question
         raise skips.none_left()
     t_loaded = time.perf_counter()
     task = resolve_task(opts.env, loaded)
-    downstream = pair_downstream(list(opts.models), opts.downstream, task)
-    selection = select_models(
-        loaded, task, skips, env_given=opts.env is not None,
-        requirement=lambda model: model_spaces(model.arch, spaces), inputs=inputs,
+    grouped = group_models(loaded, task, env_given=opts.env is not None, inputs=inputs)
+    if len(grouped) > 1:
+        given = [flag for flag, value in (("--states", opts.states), ("--action-sequence", opts.action_sequence),
+                                          ("--save-states", opts.save_states)) if value]
+        if given:
+            tasks = ", ".join(dict.fromkeys(t for t, _ in grouped))
+            raise WmelError(
+                f"{' and '.join(given)} belong to one problem, but these models need {len(grouped)} "
+                f"(tasks {tasks}, by task, frame skip and action set): pass --env TASK, or evaluate them separately"
+            )
+    model_task = {m.index: t for t, members in grouped for m in members}
+    fallback = task if len(grouped) == 1 else None
+    downstream = pair_downstream(
+        list(opts.models), opts.downstream, [model_task.get(i, fallback) for i in range(len(opts.models))]
     )
-    problem = build_problem(
-        selection, inputs, n_states=opts.n_states, k_steps=opts.k_steps, seed=opts.seed,
-        precision=opts.precision, chunk_states=opts.chunk_states,
-    )
-    t_problem = time.perf_counter()
-    cells, run_timings = score_models(
-        problem, selection, downstream, spaces=spaces, chunk_states=opts.chunk_states,
-        progress=progress if rt.process_index == 0 else None, say=say, runtime=rt, split=opts.split,
-    )
-    plan = run_timings.pop("split")
 
-    timings: dict[str, float] = {"load_s": t_loaded - t_start, "states_s": t_problem - t_loaded, **run_timings}
+    groups: list[tuple[dict, list]] = []
+    problem = None
+    timings: dict[str, float] = {"load_s": t_loaded - t_start, "states_s": 0.0}
+    for group_task, members in grouped:
+        try:
+            selection = select_models(
+                members, group_task, skips, env_given=opts.env is not None,
+                requirement=lambda model: model_spaces(model.arch, spaces), inputs=inputs,
+            )
+        except WmelError:
+            if len(grouped) == 1:
+                raise
+            continue  # every model of this group was skipped (with its reason); the other groups run
+        t0 = time.perf_counter()
+        what = (f"checking {inputs.states.shape[0]} given states" if inputs.states is not None else
+                f"sampling {opts.n_states} states (seeded rollouts)")
+        with progress.phase(f"{group_task}: {what}"):
+            problem = build_problem(
+                selection, inputs, n_states=opts.n_states, k_steps=opts.k_steps, seed=opts.seed,
+                precision=opts.precision, chunk_states=opts.chunk_states,
+            )
+        timings["states_s"] += time.perf_counter() - t0
+        cells, run_timings = score_models(
+            problem, selection, downstream, spaces=spaces, chunk_states=opts.chunk_states, progress=progress, say=say,
+            runtime=rt, split=opts.split,
+        )
+        plan = run_timings.pop("split")
+        for name, value in run_timings.items():
+            timings[name] = timings.get(name, 0.0) + value
+        config = run_config(problem, selection, seed=opts.seed, spaces=spaces, states_path=opts.states,
+                            episode_ids_path=opts.episode_ids,
+                            runtime={**rt.describe(), "split": plan.kind, "split_reason": plan.reason})
+        groups.append((config, cells))
+    if not groups:
+        raise skips.none_left()
+
     timings["compile_s"] = timings["oracle_compile_s"] + timings["model_compile_s"]
     timings["run_s"] = timings["oracle_run_s"] + timings["model_run_s"]
     # Where compile_s went, summed over threads: tracing and lowering kernels
@@ -603,8 +722,6 @@ def run_eval(
         timings[name] = cache_after.get(name, 0.0) - cache_before.get(name, 0.0)
     timings["total_s"] = time.perf_counter() - t_start
 
-    config = run_config(problem, selection, seed=opts.seed, spaces=spaces, states_path=opts.states,
-                        runtime={**rt.describe(), "split": plan.kind, "split_reason": plan.reason})
-    report = build_report(config, cells, skips.items, timings, metric_spaces=METRIC_SPACES)
+    report = build_group_report(groups, skips.items, timings, metric_spaces=METRIC_SPACES)
     write_outputs(report, problem, opts, outputs)
     return report

@@ -26,7 +26,12 @@ from wmel_jax.errors import WmelError
 from wmel_jax.oracle import DEFAULT_PRECISION, make_oracle
 from wmel_jax.oracle.base import batch_chunk, compiler_options, map_chunks, precision_scope
 
-__all__ = ["sample_states"]
+__all__ = ["RESET_EVERY", "sample_states"]
+
+#: Observations per rollout episode of the seeded batch (SPEC section 5): the
+#: reset observation and 24 steps. States of one episode are correlated, so the
+#: metrics' intervals resample whole episodes (SPEC section 10).
+RESET_EVERY = 25
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -40,7 +45,7 @@ def sample_states(
     task: str,
     n: int = 150,
     actions: Any = None,
-    reset_every: int = 25,
+    reset_every: int = RESET_EVERY,
     frame_skip: int = 1,
     precision: str = DEFAULT_PRECISION,
     *,

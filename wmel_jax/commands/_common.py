@@ -70,6 +70,14 @@ def add_distributed_arguments(parser: argparse.ArgumentParser, *, split: bool = 
         )
 
 
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """-q/--quiet and --timings: how much a run says besides its results."""
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress lines on stderr (results, warnings and errors are still printed)")
+    parser.add_argument("--timings", action="store_true",
+                        help="print where the time went (load, sampling, compile, run) after the table")
+
+
 def default_cache_dir() -> Path | None:
     """$WMEL_JAX_CACHE_DIR ("" or "off": no cache), else $XDG_CACHE_HOME or ~/.cache, /wmel-jax."""
     value = os.environ.get(CACHE_ENV)
@@ -138,10 +146,10 @@ def configure_devices(args: argparse.Namespace) -> None:
               f"({rt.n_devices} {rt.devices[0].platform} devices)", file=sys.stderr, flush=True)
 
 
-def progress_bar(stream=None) -> Callable[[int, int, str], None] | None:
-    """A one-line progress bar over cells on a terminal; None when stderr is not one."""
+def progress_bar(stream=None, quiet: bool = False) -> Callable[[int, int, str], None] | None:
+    """A one-line progress bar over cells on a terminal; None when stderr is not one, or quiet."""
     stream = sys.stderr if stream is None else stream
-    if not stream.isatty():
+    if quiet or not stream.isatty():
         return None
 
     def show(done: int, total: int, name: str) -> None:

@@ -32,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "upstream checkpoints have none)")
     parser.add_argument("--save-states", metavar="F.npy", help="write the evaluated states, to rerun exactly with --states")
     parser.add_argument(
+        "--episode-ids", metavar="F.npy",
+        help="with --states: (N,) integer labels saying which states belong together (e.g. one rollout); the "
+        "metrics' intervals resample these groups whole (default: each state on its own; sampled states: "
+        "their rollout episodes of 25)",
+    )
+    parser.add_argument(
         "--downstream", nargs="+", metavar="F.json",
         help="one reference CPG JSON per model, in the same order: adds the gap and its correlation with each metric",
     )
@@ -42,16 +48,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: every one the model has); the kernel does only the asked-for spaces' network work",
     )
     parser.add_argument("-o", "--output", metavar="report.json", help="write the JSON report here")
-    parser.add_argument("--figure", metavar="F.png", help="draw M2 curves and M1/M3 bars here")
+    parser.add_argument("--figure", metavar="F.png",
+                        help="draw the metrics with their intervals here (.png, .pdf or .svg, by the extension)")
+    parser.add_argument("--allow-skips", action="store_true",
+                        help="exit 0 even when some models were skipped (default: 1, after writing the report)")
     parser.add_argument("--force", action="store_true",
                         help="replace output files that exist (an output is never an input, nor another output)")
     _common.add_runtime_arguments(parser)
+    _common.add_output_arguments(parser)
     _common.add_distributed_arguments(parser, split=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from wmel_jax.commands import _common
 
+    if args.figure:
+        from wmel_jax.figure import figure_format
+
+        figure_format(args.figure)  # an unknown extension is refused before anything runs
     _common.configure_runtime(args)
     from wmel_jax.pipeline import EvalOptions, run_eval
     from wmel_jax.report import format_table
@@ -72,16 +86,26 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         chunk_states=args.chunk_states,
         metrics=args.metrics,
+        episode_ids=args.episode_ids,
         split=args.split,
         force=args.force,
     )
-    report = run_eval(opts, progress=_common.progress_bar())
+    from wmel_jax import kernel_cache
     from wmel_jax.distributed import is_writer
+    from wmel_jax.progress import Progress
 
-    if not is_writer():  # process 0 of a distributed run prints and writes for all
-        return 0
-    sys.stdout.write(format_table(report))
+    writer = is_writer()  # process 0 of a distributed run reports, prints and writes for all
+    progress = Progress(quiet=args.quiet or not writer, cached=kernel_cache.get_directory() is not None)
+    report = run_eval(opts, progress=progress)
+    skipped = bool(report.get("skipped")) and not args.allow_skips
+    if not writer:  # the same exit status as process 0's (every process skipped the same models)
+        return 1 if skipped else 0
+    sys.stdout.write(format_table(report, timings=args.timings))
     for what, path in (("report", args.output), ("figure", args.figure), ("states", args.save_states)):
         if path:
             print(f"wrote {what}: {path}")
+    if skipped:
+        n = len(report["skipped"])
+        print(f"wmel-jax: {n} model(s) skipped (listed above); exit status 1 (--allow-skips: 0)", file=sys.stderr)
+        return 1
     return 0
