@@ -38,10 +38,12 @@ not a constant). The encoder runs once per state and the latent one-step
 predictions ``next(encode(s), a)`` are shared by the latent one-step error,
 the reward ranking, M1 and M3.
 
-Multitask models see what upstream's multitask wrapper gives them:
-observations zero-padded to the model's width, actions zero-padded and
-multiplied by the task's action mask (as TD-MPC2's planner masks every action
-it feeds the dynamics and reward heads), and the task index.
+The kernels know no model family by name: a model's static configuration
+names its family, whose pure functions (:mod:`wmel_jax.model.protocol`:
+encode, latent step, decode, reward, and for a recurrent model its posterior
+update and latent distance) are all the kernel calls. Family conventions live
+in the family's module: a multitask TD-MPC2 model's padding and action masks
+in :mod:`wmel_jax.model.tdmpc2`.
 """
 
 from __future__ import annotations
@@ -507,55 +509,24 @@ def oracle_targets(
 
 
 def check_model_fits(model: Any, task: str) -> None:
-    """WmelError unless the model can be judged on ``task``.
+    """WmelError unless the model can be judged on ``task`` (its ``fit_task``: widths, task list).
 
-    A single-task model's observation and action widths must be the task's.
-    A multitask model must list ``task`` among its tasks, be at least as wide
-    as the task (its inputs are zero-padded, as upstream's multitask wrapper
-    pads them), and its action mask for the task, when it has one, must
-    enable exactly the task's action dimensions. Any model can be judged: the
-    latent metrics need only the encoder and the dynamics every model has;
-    the observation-space metrics (M1-M3) need a decoder and the reward
-    ranking a reward head, and are reported unavailable without them.
+    A model that fits is judged on the metric spaces its family provides
+    (:func:`model_spaces`); the others are reported unavailable.
     """
     model_task_index(model, task)
 
 
 def model_task_index(model: Any, task: str) -> int | None:
-    """The task index to feed ``model`` on ``task`` (None: single-task); WmelError if it does not fit."""
+    """The task index to feed ``model`` on ``task`` (None: single-task); WmelError if it does not fit.
+
+    The model decides (its ``fit_task``: a multitask TD-MPC2 model checks its
+    task list, widths and action mask) against the task's widths.
+    """
     from wmel_jax.oracle import task_class
 
     spec = task_class(task)
-    arch = model.arch
-    if not arch.multitask:
-        if arch.obs_dim != spec.obs_dim or arch.action_dim != spec.action_dim:
-            raise WmelError(
-                f"model widths (obs_dim={arch.obs_dim}, action_dim={arch.action_dim}) do not fit "
-                f"{task} (obs_dim={spec.obs_dim}, action_dim={spec.action_dim})"
-            )
-        return None
-    names = model.task_names
-    if not names:
-        raise WmelError(
-            f"this multitask model ({arch.num_tasks} tasks) has no task list, so the index of {task} is unknown"
-        )
-    if task not in names:
-        raise WmelError(f"{task} is not one of this multitask model's {len(names)} tasks")
-    index = names.index(task)
-    if spec.obs_dim > arch.obs_dim or spec.action_dim > arch.action_dim:
-        raise WmelError(
-            f"{task} (obs_dim={spec.obs_dim}, action_dim={spec.action_dim}) is wider than this multitask "
-            f"model (obs_dim={arch.obs_dim}, action_dim={arch.action_dim})"
-        )
-    masks = model.action_masks
-    if masks is not None:
-        active = np.flatnonzero(np.asarray(masks[index]) != 0)
-        if active.tolist() != list(range(spec.action_dim)):
-            raise WmelError(
-                f"this multitask model's action mask for {task} (task {index}) enables action dimensions "
-                f"{active.tolist()}, but {task} has action_dim {spec.action_dim}"
-            )
-    return index
+    return model.fit_task(task, spec.obs_dim, spec.action_dim)
 
 
 def requested_spaces(spaces: Any = None) -> tuple[str, ...]:
@@ -579,14 +550,10 @@ def requested_spaces(spaces: Any = None) -> tuple[str, ...]:
 
 
 def _available(arch: Any) -> dict[str, str | None]:
-    """Space -> why this architecture cannot have its metrics (None: it can)."""
-    return {
-        "observation": None if arch.has_decoder else (
-            "no observation decoder (the model predicts latents only; see the latent-space metrics)"
-        ),
-        "latent": None,
-        "reward": None if arch.has_reward else "no reward head",
-    }
+    """Space -> why this architecture cannot have its metrics (None: it can): what its family provides."""
+    from wmel_jax.model.protocol import functions_of
+
+    return functions_of(arch).space_reasons()
 
 
 def model_spaces(arch: Any, spaces: Any = None) -> tuple[str, ...]:
@@ -626,79 +593,83 @@ _MODEL_IN_AXES = (None, None, 0, 0, 0, None, None, 0, 0, 0, 1)
 def _model_kernel(arch: Any, score_fn: Callable, spaces: tuple[str, ...]) -> Callable:
     """The metrics of ``spaces`` (those the architecture has: :func:`model_spaces`), as chunk sums, for one chunk.
 
-    Pure in (params, task index, chunk arrays), so one compilation serves every
-    checkpoint of the architecture (and every task of a multitask one).
-    ``spaces`` is static: a space not asked for costs nothing (its networks
-    are not run). Returns a dict of :class:`~wmel_jax.metrics.SumCount`:
-    ``m1_latent``, ``m2_latent`` (latent); ``reward_rank`` (reward);
-    ``m1``, ``m2``, ``m3`` (observation), each split per segment: ``segments``
-    (C,) int32 gives each state of the chunk its episode's index among the
-    chunk's episodes (there are at most C), so every total is (C,) or (C, k)
-    and every count (C,); the host adds them up per episode.
+    ``arch`` is the model's static configuration; the kernel asks its family
+    (:func:`wmel_jax.model.protocol.functions_of`) for the functions it needs,
+    never for a family by name. Pure in (params, task index, chunk arrays), so
+    one compilation serves every checkpoint of the architecture (and every
+    task of a multitask one). ``spaces`` is static: a space not asked for
+    costs nothing (its networks are not run). Returns a dict of
+    :class:`~wmel_jax.metrics.SumCount`: ``m1_latent``, ``m2_latent``
+    (latent); ``reward_rank`` (reward); ``m1``, ``m2``, ``m3`` (observation),
+    each split per segment: ``segments`` (C,) int32 gives each state of the
+    chunk its episode's index among the chunk's episodes (there are at most
+    C), so every total is (C,) or (C, k) and every count (C,); the host adds
+    them up per episode.
     """
-    from wmel_jax.model import decode, encode, next_latent, predict, reward
+    from wmel_jax.model.protocol import functions_of, repeat_latent, stack_latent
 
-    def model_obs(obs):
-        """(..., task obs_dim) -> (..., arch.obs_dim) float32: zero-padded for a multitask model."""
-        obs = obs.astype(jnp.float32)
-        if obs.shape[-1] < arch.obs_dim:
-            obs = jnp.pad(obs, [(0, 0)] * (obs.ndim - 1) + [(0, arch.obs_dim - obs.shape[-1])])
-        return obs
-
-    def model_action(params, task, action):
-        """(..., task action_dim) -> (..., arch.action_dim): zero-padded and masked as upstream's planner."""
-        action = action.astype(jnp.float32)
-        if action.shape[-1] < arch.action_dim:
-            action = jnp.pad(action, [(0, 0)] * (action.ndim - 1) + [(0, arch.action_dim - action.shape[-1])])
-        if arch.has_action_masks:
-            action = action * jnp.take(params["action_masks"], task, axis=0)
-        return action
+    fns = functions_of(arch)
 
     def kernel(params, task, states, valid, segments, actions, sequence, true_next, true_scores, true_rewards,
                true_traj):
         n, a = states.shape[0], actions.shape[0]
         per = dict(segments=segments, num_segments=n)  # per-episode partial sums (at most n episodes)
         k = sequence.shape[0]
-        act = model_action(params, task, actions)  # (A, model action_dim)
-        seq = model_action(params, task, sequence)  # (k, model action_dim)
-        z = encode(arch, params, model_obs(states), task)  # (C, latent): once per state
-        z_rep = jnp.repeat(z, a, axis=0)  # (C*A, latent), state-major
-        act_rep = jnp.tile(act, (n, 1))  # (C*A, action_dim)
+        z = fns.encode(params, task, states)  # (C, ...): once per state
+        z_rep = repeat_latent(z, a)  # (C*A, ...), state-major
+        act_rep = jnp.tile(actions, (n, 1))  # (C*A, action_dim)
         out = {}
-        if "latent" in spaces or "observation" in spaces:
-            z_next = next_latent(arch, params, z_rep, act_rep, task)  # shared by every one-step metric
+        if "latent" in spaces or "observation" in spaces or (
+            "reward" in spaces and fns.reward_reads_next_latent
+        ):
+            z_next = fns.latent_step(params, task, z_rep, act_rep)  # shared by every one-step metric
 
         if "latent" in spaces:
-            # One-step: against the encoder's view of the oracle's successors.
-            z_true_next = encode(arch, params, model_obs(true_next.reshape(n * a, -1)), task)
-            out["m1_latent"] = M.one_step_l2_sum(z_next.reshape(n, a, -1), z_true_next.reshape(n, a, -1), valid, **per)
+            # One-step: against the model's own latent of the oracle's successors.
+            z_true_next = fns.observed_latent(params, task, z_next, true_next.reshape(n * a, -1))
+            dist = fns.latent_distance(z_next, z_true_next).reshape(n, a)
+            out["m1_latent"] = M.one_step_distance_sum(dist, valid, **per)
 
-            # k-step: the latent rolled open loop, as TD-MPC2 plans.
+            # k-step: the latent rolled open loop (as the model plans) against the model's latents of
+            # the oracle's trajectory (encode(s_t) for a Markovian model; for a recurrent one, its
+            # posterior filtered along the trajectory).
             def latent_step(zt, action):
-                zt = next_latent(arch, params, zt, jnp.broadcast_to(action, (n, action.shape[0])), task)
+                zt = fns.latent_step(params, task, zt, jnp.broadcast_to(action, (n, action.shape[0])))
                 return zt, zt
 
-            _, z_traj = jax.lax.scan(latent_step, z, seq)  # (k, C, latent)
-            z_true_traj = encode(arch, params, model_obs(true_traj.reshape(k * n, -1)), task).reshape(k, n, -1)
-            out["m2_latent"] = M.kstep_l2_curve_sum(z_traj, z_true_traj, valid, **per)
+            _, z_traj = jax.lax.scan(latent_step, z, sequence)  # (k, C, ...)
+            if fns.observe is None:
+                z_true_traj = stack_latent(fns.encode(params, task, true_traj.reshape(k * n, -1)), (k, n))
+            else:
+                def observed_step(post, inputs):
+                    action, obs = inputs
+                    prior = fns.latent_step(params, task, post, jnp.broadcast_to(action, (n, action.shape[0])))
+                    post = fns.observe(params, task, prior, obs)
+                    return post, post
+
+                _, z_true_traj = jax.lax.scan(observed_step, z, (sequence, true_traj))
+            dist = jax.vmap(fns.latent_distance)(z_traj, z_true_traj)  # (k, C)
+            out["m2_latent"] = M.kstep_distance_curve_sum(dist, valid, **per)
 
         if "reward" in spaces:
-            pred_rewards = reward(arch, params, z_rep, act_rep, task).reshape(n, a)
+            pred_rewards = fns.reward(
+                params, task, z_rep, act_rep, z_next if fns.reward_reads_next_latent else None
+            ).reshape(n, a)
             out["reward_rank"] = M.action_ranking_agreement(
                 true_rewards, pred_rewards.astype(true_rewards.dtype), valid, **per
             )
 
         if "observation" in spaces:
-            pred_next = decode(arch, params, z_next)
+            pred_next = fns.decode(params, task, z_next)
             out["m1"] = M.one_step_l2_sum(pred_next.reshape(n, a, -1), true_next, valid, **per)
             pred_scores = jax.vmap(score_fn)(pred_next.astype(true_scores.dtype)).reshape(n, a)
             out["m3"] = M.action_ranking_agreement(true_scores, pred_scores, valid, **per)
 
             def step(obs, action):
-                nxt = predict(arch, params, obs, jnp.broadcast_to(action, (n, action.shape[0])), task)
+                nxt = fns.obs_step(params, task, obs, jnp.broadcast_to(action, (n, action.shape[0])))
                 return nxt, nxt
 
-            _, traj = jax.lax.scan(step, states.astype(jnp.float32), seq)  # (k, C, obs_dim)
+            _, traj = jax.lax.scan(step, states.astype(jnp.float32), sequence)  # (k, C, obs_dim)
             out["m2"] = M.kstep_l2_curve_sum(traj, true_traj, valid, **per)
         return out
 

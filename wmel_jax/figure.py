@@ -10,7 +10,7 @@ has its metric:
   bars, reward-ranking bars;
 - with downstream results: one panel per correlated metric, the metric (with
   its interval) against the gap, titled with Spearman's rho, its interval and
-  the permutation p-value.
+  the permutation p-value (or why rho is undefined).
 
 Models keep one colour, marker and line style across panels, so overlapping
 curves stay apart. Drawn with matplotlib's Agg canvas directly (no pyplot, no
@@ -89,13 +89,14 @@ def _has(cells: Sequence[Mapping[str, Any]], key: str) -> bool:
 
 
 def _correlated(report: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any]]]:
-    """(task, metric, correlation result) for every within-task correlation with a rho."""
-    out = []
-    for task, block in (report.get("within_env_correlation") or {}).items():
-        for metric, result in block.get("metrics", {}).items():
-            if result.get("rho") is not None:
-                out.append((task, metric, result))
-    return out
+    """(task, metric, correlation result) for every within-task correlation, defined or not.
+
+    An undefined correlation (a constant metric, too few paired cells) is still
+    a panel: the points are drawn and the title gives the reason.
+    """
+    return [(task, metric, result)
+            for task, block in (report.get("within_env_correlation") or {}).items()
+            for metric, result in block.get("metrics", {}).items()]
 
 
 def _rows_of(report: Mapping[str, Any]) -> list[list[tuple]]:
@@ -283,14 +284,17 @@ def _gap_panel(ax: Any, cells: Sequence[Mapping[str, Any]], task: str, metric: s
         xerr = [[value - ci[0]], [ci[1] - value]] if ci else None
         ax.errorbar([value], [gap], xerr=xerr, fmt=style["marker"], color=style["color"], capsize=3,
                     markersize=6, label=_name(cell))
-    rho = result["rho"]
-    title = f"{metric}: rho={rho:+.2f}"
-    if result.get("ci_low") is not None:
-        title += f" [{result['ci_low']:+.2f}, {result['ci_high']:+.2f}]"
-    if result.get("p_value") is not None:
-        title += f", p={result['p_value']:.2g}"
+    rho = result.get("rho")
+    if rho is None:
+        title = f"{metric}: rho undefined ({result.get('reason') or 'no value'})"
+    else:
+        title = f"{metric}: rho={rho:+.2f}"
+        if result.get("ci_low") is not None:
+            title += f" [{result['ci_low']:+.2f}, {result['ci_high']:+.2f}]"
+        if result.get("p_value") is not None:
+            title += f", p={result['p_value']:.2g}"
     title += f", n={result.get('n_cells')}"
-    if not result.get("interval_meaningful", True):
+    if rho is not None and not result.get("interval_meaningful", True):
         title += " (too few cells)"
     ax.set_title(title, fontsize=_TITLE_SIZE)
     ax.set_xlabel(metric)

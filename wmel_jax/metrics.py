@@ -46,6 +46,8 @@ __all__ = [
     "one_step_l2_sum",
     "kstep_l2_curve",
     "kstep_l2_curve_sum",
+    "one_step_distance_sum",
+    "kstep_distance_curve_sum",
     "kendall_tau_b",
     "action_ranking_agreement",
     "combine_sums",
@@ -177,6 +179,46 @@ def kstep_l2_curve(pred_traj: ArrayLike, true_traj: ArrayLike) -> Array:
     if dist.ndim != 2:
         raise ValueError(f"kstep_l2_curve expects (k, N, obs_dim) inputs, got {jnp.shape(pred_traj)}")
     return jnp.mean(dist, axis=1)
+
+
+def one_step_distance_sum(
+    dist: ArrayLike,
+    valid: ArrayLike | None = None,
+    segments: ArrayLike | None = None,
+    num_segments: int | None = None,
+) -> SumCount:
+    """A one-step error as a sum from precomputed distances: dist (N, A); valid (N,) bool or None.
+
+    For distances other than L2 (a world model's own latent distance).
+    Returns SumCount(total: () sum of dist over valid (s, a), count: () int32 number of those pairs);
+    with ``segments`` (N,) and ``num_segments`` S, both per segment: total (S,), count (S,).
+    """
+    dist = jnp.asarray(dist)
+    if dist.ndim != 2:
+        raise ValueError(f"one_step_distance_sum expects (N, A) distances, got {dist.shape}")
+    mask = _state_mask(valid, dist.shape[0])
+    per_state = jnp.sum(jnp.where(mask[:, None], dist, jnp.zeros((), dist.dtype)), axis=1)
+    count = mask.astype(jnp.int32) * dist.shape[1]
+    return _reduce_states(per_state, count, segments, num_segments)
+
+
+def kstep_distance_curve_sum(
+    dist: ArrayLike,
+    valid: ArrayLike | None = None,
+    segments: ArrayLike | None = None,
+    num_segments: int | None = None,
+) -> SumCount:
+    """A k-step curve as a sum from precomputed distances: dist (k, N) step-major; valid (N,) bool or None.
+
+    Returns SumCount(total: (k,) per-step sum over valid start states, count: () int32 valid start
+    states); with ``segments`` (N,) and ``num_segments`` S: total (S, k), count (S,).
+    """
+    dist = jnp.asarray(dist)
+    if dist.ndim != 2:
+        raise ValueError(f"kstep_distance_curve_sum expects (k, N) distances, got {dist.shape}")
+    mask = _state_mask(valid, dist.shape[1])
+    per_state = jnp.where(mask[:, None], dist.T, jnp.zeros((), dist.dtype))  # (N, k)
+    return _reduce_states(per_state, mask.astype(jnp.int32), segments, num_segments)
 
 
 def _pair_signs(v: Array, first: np.ndarray, second: np.ndarray) -> Array:

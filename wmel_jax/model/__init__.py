@@ -5,6 +5,9 @@
   ``decode``, ``predict``, ``reward``, ``reward_logits``, ``q_values``, ``q_logits``,
   ``policy_mean``, ``termination``, ``two_hot_inv``) takes the static :class:`Arch`
   first: jit it with ``static_argnums=0`` and vmap it over stacked params.
+- :mod:`~wmel_jax.model.protocol` is the interface every world-model family fills
+  (pure functions over a params pytree; :func:`functions_of` gives a model's, from
+  its static configuration); :mod:`~wmel_jax.model.tdmpc2` puts TD-MPC2 on it.
 - :mod:`~wmel_jax.model.layers` holds the flax modules, :mod:`~wmel_jax.model.arch`
   the architecture and parameter layout, :mod:`~wmel_jax.model.fileformat` the file format.
 
@@ -28,6 +31,7 @@ from wmel_jax.model.networks import (
     termination,
     two_hot_inv,
 )
+from wmel_jax.model.protocol import WorldModelFunctions, functions_of
 from wmel_jax.model.world_model import WorldModel, load, stack_params
 
 __all__ = [
@@ -48,4 +52,6 @@ __all__ = [
     "termination",
     "two_hot_inv",
     "init_params",
+    "WorldModelFunctions",
+    "functions_of",
 ]

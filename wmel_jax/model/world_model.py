@@ -115,6 +115,53 @@ class WorldModel:
             x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])])
         return x
 
+    def fit_task(self, task: str, obs_dim: int, action_dim: int) -> int | None:
+        """The task index to feed this model on ``task`` (None: single-task); WmelError if it does not fit.
+
+        ``obs_dim``, ``action_dim``: the task's widths. A single-task model's
+        widths must be the task's. A multitask model must list ``task`` among
+        its tasks, be at least as wide as the task (its inputs are zero-padded,
+        as upstream's multitask wrapper pads them), and its action mask for the
+        task, when it has one, must enable exactly the task's action dimensions.
+        """
+        arch = self.arch
+        if not arch.multitask:
+            if arch.obs_dim != obs_dim or arch.action_dim != action_dim:
+                raise WmelError(
+                    f"model widths (obs_dim={arch.obs_dim}, action_dim={arch.action_dim}) do not fit "
+                    f"{task} (obs_dim={obs_dim}, action_dim={action_dim})"
+                )
+            return None
+        names = self.task_names
+        if not names:
+            raise WmelError(
+                f"this multitask model ({arch.num_tasks} tasks) has no task list, so the index of {task} is unknown"
+            )
+        if task not in names:
+            raise WmelError(f"{task} is not one of this multitask model's {len(names)} tasks")
+        index = names.index(task)
+        if obs_dim > arch.obs_dim or action_dim > arch.action_dim:
+            raise WmelError(
+                f"{task} (obs_dim={obs_dim}, action_dim={action_dim}) is wider than this multitask "
+                f"model (obs_dim={arch.obs_dim}, action_dim={arch.action_dim})"
+            )
+        masks = self.action_masks
+        if masks is not None:
+            active = np.flatnonzero(np.asarray(masks[index]) != 0)
+            if active.tolist() != list(range(action_dim)):
+                raise WmelError(
+                    f"this multitask model's action mask for {task} (task {index}) enables action dimensions "
+                    f"{active.tolist()}, but {task} has action_dim {action_dim}"
+                )
+        return index
+
+    @property
+    def functions(self):
+        """The world-model protocol's functions of this model's architecture (:mod:`~wmel_jax.model.protocol`)."""
+        from wmel_jax.model.protocol import functions_of
+
+        return functions_of(self.arch)
+
     def _t(self, task: int | str | None) -> jax.Array | None:
         index = self.task_index(task)
         return None if index is None else jnp.asarray(index, dtype=jnp.int32)
