@@ -46,7 +46,7 @@ def _free_port() -> int:
 def _run(kind: str, count: int, models: list[str], n_states: int, cache: Path, out: Path, timeout: int) -> dict:
     """One run of ``kind`` ("processes" or "devices") with ``count`` of them: wall seconds, process 0's timings."""
     base = [sys.executable, "-m", "wmel_jax", "eval", *models, "--n-states", str(n_states), "--k-steps", "10",
-            "--cache-dir", str(cache), "-o", str(out)]
+            "--cache-dir", str(cache), "-o", str(out), "--force"]
     env = dict(os.environ, MUJOCO_GL="disable")
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
