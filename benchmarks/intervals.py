@@ -260,6 +260,7 @@ def cost(args: argparse.Namespace) -> dict:
 
         def run(kind: str) -> dict:
             report = Path(tmp) / f"{kind}.json"
+            report.unlink(missing_ok=True)  # an existing output is refused (no --force: the baseline may lack it)
             cmd = [sys.executable, "-m", "wmel_jax", "eval", str(model), "--n-states", str(args.n_states),
                    "--cache-dir", str(caches[kind]), "-o", str(report)]
             env = {**os.environ, "PYTHONPATH": str(roots[kind]), "MUJOCO_GL": "disable"}

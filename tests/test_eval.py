@@ -376,11 +376,14 @@ def test_a_skipped_model_gives_exit_status_1_unless_allowed(tmp_path, capsys, ca
 
 
 def test_progress_is_one_line_per_phase_when_stderr_is_not_a_terminal(capsys, cartpole_models):
-    code, out, err = eval_cli(*cartpole_models, *small_eval_args(), capsys=capsys)
+    from wmel_jax.evaluate import DEFAULT_N_STATES
+
+    assert N == DEFAULT_N_STATES  # --n-states left out: the sampling phase names the default it resolves to
+    code, out, err = eval_cli(*cartpole_models, "--k-steps", K, "--chunk-states", CHUNK, capsys=capsys)
     assert code == 0
     lines = [line for line in err.splitlines() if line.startswith(PROGRESS_PREFIX)]
     text = "\n".join(lines)
-    for phase in ("loading 2 model file(s)", "cartpole-swingup: sampling 150 states",
+    for phase in ("loading 2 model file(s)", f"cartpole-swingup: sampling {N} states (seeded rollouts)",
                   "cartpole-swingup: the oracle's answers (150 states x 5 actions", "model 1/2: ", "model 2/2: "):
         assert phase in text, (phase, text)
     assert all(line[len(PROGRESS_PREFIX):].split("]")[0].strip().endswith("s") for line in lines)  # time-stamped

@@ -34,7 +34,7 @@ from wmel_jax.model.fileformat import read_model_file, write_model_file
 
 from conftest import EVAL_K as K
 from conftest import EVAL_N as N
-from conftest import assert_eval_user_error, eval_cli, small_eval_args
+from conftest import assert_eval_user_error, eval_cli, small_eval_args, without_progress
 
 REPO = Path(__file__).resolve().parents[1]
 #: Peak resident memory a memory-bomb test's process may reach (the issue's bound).
@@ -63,6 +63,7 @@ def _variant(src: Path, dst: Path, header=None, params=None) -> Path:
 
 
 def _one_line_error(err: str, match: str) -> None:
+    err = without_progress(err)
     assert err.startswith("wmel-jax: error: ") and err.count("\n") == 1, err
     assert match.lower() in err.lower(), err
 
@@ -204,7 +205,7 @@ def test_item1_an_output_that_is_an_input_or_another_output_is_always_refused(tm
     states = work / "s.npy"
     np.save(states, np.zeros((N, 5)) + [0, 1, 0, 0, 0])
     out = {"model": local, "model-via-symlink": work / "link.json", "model-via-hardlink": work / "hard.json",
-           "states": states, "report-is-figure": work / "r.json"}[case]
+           "states": states, "report-is-figure": work / "r.png"}[case]
     if case == "model-via-symlink":
         out.symlink_to(local)
     if case == "model-via-hardlink":

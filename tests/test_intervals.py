@@ -207,8 +207,8 @@ def cartpole_weak():
     return wmel_jax.load(EXAMPLES_DIR / "cartpole-swingup-weak.safetensors")
 
 
-def _episode_and_state_runs(model, seed, sequence):
-    """One seed's problem evaluated once: per-state sums, summarised with episodes and without.
+def _per_state_sums(model, seed, sequence):
+    """One seed's sampled problem, the same states as a problem of one unit per state, and the kernel's sums on it.
 
     ``sequence``: M2's actions, the same for every seed (M2's value depends on them).
     """
@@ -220,6 +220,12 @@ def _episode_and_state_runs(model, seed, sequence):
     targets = evaluate.oracle_targets(per_state, EVAL_CHUNK)
     sums, _ = evaluate.model_episode_sums(model, per_state, targets, EVAL_CHUNK, total_states=EVAL_N,
                                           spaces=["observation"])
+    return sampled, per_state, sums
+
+
+def _episode_and_state_runs(model, seed, sequence):
+    """One seed's problem evaluated once: per-state sums, summarised with episodes and without."""
+    sampled, per_state, sums = _per_state_sums(model, seed, sequence)
     # The episodes' sums from the states' (state i in episode i // 25).
     episode = np.arange(EVAL_N) // 25
     by_episode = {}
@@ -252,8 +258,8 @@ def test_intervals_cover_the_large_sample_value_and_ignoring_episodes_does_not(c
     """
     sequence = evaluate.draw_action_sequence(jax.random.key(7), np.asarray(cartpole_weak.action_set), EVAL_K)
     pooled = None
-    for seed in range(100, 108):
-        _, _, sums = _episode_and_state_runs(cartpole_weak, seed, sequence)
+    for seed in range(100, 108):  # the truth needs the sums only, no interval
+        _, _, sums = _per_state_sums(cartpole_weak, seed, sequence)
         part = {k: metrics.combine_sums(v) for k, v in sums.items()}
         pooled = part if pooled is None else {k: metrics.combine_sums(pooled[k], part[k]) for k in part}
     truth = {

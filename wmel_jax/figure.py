@@ -33,6 +33,8 @@ FORMATS = ("png", "pdf", "svg")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 _LINESTYLES = ("-", "--", "-.", ":")
 _TITLE_SIZE = 10
+#: Characters per line of a metric-against-gap panel's title (a third of the figure's width).
+_GAP_TITLE_WIDTH = 52
 
 
 def figure_format(path: str | os.PathLike) -> str:
@@ -296,7 +298,9 @@ def _gap_panel(ax: Any, cells: Sequence[Mapping[str, Any]], task: str, metric: s
     title += f", n={result.get('n_cells')}"
     if rho is not None and not result.get("interval_meaningful", True):
         title += " (too few cells)"
-    ax.set_title(title, fontsize=_TITLE_SIZE)
+    import textwrap
+
+    ax.set_title(textwrap.fill(title, _GAP_TITLE_WIDTH), fontsize=_TITLE_SIZE)  # two lines rather than cut off
     ax.set_xlabel(metric)
     ax.set_ylabel("planning gap (oracle - learned success)")
     ax.grid(alpha=0.3)

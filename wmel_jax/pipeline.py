@@ -692,7 +692,7 @@ def _run_eval(opts: EvalOptions, say: Callable[[str], None], progress) -> dict[s
             continue  # every model of this group was skipped (with its reason); the other groups run
         t0 = time.perf_counter()
         what = (f"checking {inputs.states.shape[0]} given states" if inputs.states is not None else
-                f"sampling {opts.n_states} states (seeded rollouts)")
+                f"sampling {DEFAULT_N_STATES if opts.n_states is None else opts.n_states} states (seeded rollouts)")
         with progress.phase(f"{group_task}: {what}"):
             problem = build_problem(
                 selection, inputs, n_states=opts.n_states, k_steps=opts.k_steps, seed=opts.seed,
