@@ -185,9 +185,24 @@ class _Interrupts:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; ``argv`` None: ``sys.argv`` (the process is the CLI: signal handling installed)."""
-    interrupts = _Interrupts() if argv is None and threading.current_thread() is threading.main_thread() else None
     parser = build_parser()
     args = parser.parse_args(argv)
+    from wmel_jax import distributed
+
+    try:
+        settings = distributed.settings_from_args(args)
+    except WmelError as e:
+        print(f"wmel-jax: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if settings is not None:
+        # One process of a distributed run: the command runs in a child process, so that
+        # JAX terminating it (another process died) still ends with one line.
+        return distributed.supervise(settings, lambda: _command(args, argv))
+    return _command(args, argv)
+
+
+def _command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    interrupts = _Interrupts() if argv is None and threading.current_thread() is threading.main_thread() else None
     try:
         return int(args._run(args) or 0)
     except WmelError as e:

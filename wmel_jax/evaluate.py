@@ -58,7 +58,7 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +66,7 @@ import numpy as np
 
 from wmel_jax import kernel_cache
 from wmel_jax import metrics as M
+from wmel_jax.distributed import STACKED
 from wmel_jax.errors import WmelError
 
 __all__ = [
@@ -237,7 +238,11 @@ class OracleTargets:
     trajectory: (k, N, obs_dim) the open-loop rollout of the action sequence;
     timings: seconds spent compiling and running;
     rewards: (N, A) the task's reward of each transition (s, a), summed over
-    the frame_skip repeats.
+    the frame_skip repeats;
+    rows: None when the arrays hold every state, in order; in a run of
+    several processes, the (M,) ascending indices of the states this process
+    computed (its share, :meth:`wmel_jax.distributed.Layout.local_rows`), and
+    the arrays hold those M states only (M in place of N above).
     """
 
     next_obs: np.ndarray
@@ -245,6 +250,19 @@ class OracleTargets:
     trajectory: np.ndarray
     timings: Mapping[str, float]
     rewards: np.ndarray
+    rows: np.ndarray | None = None
+
+    def positions(self, rows: np.ndarray) -> np.ndarray:
+        """Where the states ``rows`` (indices into the problem's states) are in these arrays; WmelError if absent."""
+        if self.rows is None:
+            return rows
+        at = np.searchsorted(self.rows, rows)
+        if np.any(at >= self.rows.size) or np.any(self.rows[np.minimum(at, self.rows.size - 1)] != rows):
+            raise WmelError(
+                "these oracle answers are another process's share of the states: compute them with the same "
+                "runtime and chunk size as the model metrics"
+            )
+        return at
 
 
 def draw_action_sequence(key: jax.Array, actions: np.ndarray, k_steps: int) -> np.ndarray:
@@ -405,24 +423,22 @@ def check_distinct_actions(actions: np.ndarray, what: str) -> np.ndarray:
 # --------------------------------------------------------------------------- #
 
 
-def _chunk_size(n: int, chunk_states: int) -> int:
+def _layout(runtime: Any, n: int, chunk_states: int):
+    """How ``n`` states are cut into kernel calls over ``runtime``'s devices (:class:`~wmel_jax.distributed.Layout`).
+
+    On one device: calls of ``min(n, chunk_states)`` states, the last one
+    padded with copies of the last state (masked out).
+    """
     from wmel_jax.limits import MAX_CHUNK_STATES, check_count
 
     check_count(chunk_states, "chunk size (--chunk-states)", MAX_CHUNK_STATES)
-    return min(n, chunk_states)
+    return runtime.layout(n, int(chunk_states))
 
 
-def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, n, size):
-        yield start, min(start + size, n)
+def _runtime(runtime: Any):
+    from wmel_jax import distributed
 
-
-def _padded(x: np.ndarray, start: int, stop: int, size: int) -> np.ndarray:
-    """x[start:stop] padded to ``size`` rows by repeating its last row (masked out later)."""
-    part = x[start:stop]
-    if part.shape[0] == size:
-        return part
-    return np.concatenate([part, np.repeat(part[-1:], size - part.shape[0], axis=0)], axis=0)
+    return distributed.runtime() if runtime is None else runtime
 
 
 # --------------------------------------------------------------------------- #
@@ -442,11 +458,19 @@ def _oracle_kernel(oracle: Any) -> Callable:
     return kernel
 
 
-def _oracle_compile_spec(oracle: Any, n_states: int, n_actions: int, k_steps: int, chunk_states: int) -> tuple:
-    """(kernel, argument shapes, compiler options) of :func:`oracle_targets` for a problem of this shape."""
+#: Where the oracle kernel's arguments and outputs keep their states (the batch axis; None: shared).
+_ORACLE_IN_AXES = (0, None, None)  # states, actions, sequence
+_ORACLE_OUT_AXES = (0, 0, 1, 0)  # next_obs, scores, trajectory (k, C, obs_dim), rewards
+
+
+def _oracle_compile_spec(
+    oracle: Any, n_states: int, n_actions: int, k_steps: int, chunk_states: int, runtime: Any = None
+) -> tuple:
+    """(kernel, one device's argument shapes, compiler options, placement) of :func:`oracle_targets`."""
     from wmel_jax.oracle.base import compiler_options
 
-    size = _chunk_size(n_states, chunk_states)
+    rt = _runtime(runtime)
+    size = _layout(rt, n_states, chunk_states).per_device
     dtype = oracle.dtype
     args = (
         jax.ShapeDtypeStruct((size, oracle.obs_dim), dtype),
@@ -454,44 +478,68 @@ def _oracle_compile_spec(oracle: Any, n_states: int, n_actions: int, k_steps: in
         jax.ShapeDtypeStruct((k_steps, oracle.action_dim), dtype),
     )
     # The oracle's own codegen options (its kernels are inlined here), for the whole problem's size.
-    return _oracle_kernel(oracle), args, compiler_options(n_states)
+    return (_oracle_kernel(oracle), args, compiler_options(n_states),
+            rt.placement(_ORACLE_IN_AXES, _ORACLE_OUT_AXES))
 
 
-def oracle_targets(problem: Problem, chunk_states: int = DEFAULT_CHUNK_STATES) -> OracleTargets:
+def oracle_targets(
+    problem: Problem, chunk_states: int = DEFAULT_CHUNK_STATES, *, runtime: Any = None, gather: bool = False
+) -> OracleTargets:
     """The oracle's next observations, their scores, the rewards and the k-step trajectory, chunked.
 
     Returns numpy arrays in the oracle's precision: next_obs (N, A, obs_dim),
     scores (N, A), rewards (N, A), trajectory (k, N, obs_dim).
+
+    ``runtime`` (:class:`wmel_jax.distributed.Runtime`; default the
+    process's): each call covers ``chunk_states`` states per process, split
+    over its devices. In a run of several processes each process computes its
+    share of the states and the arrays hold only those (``rows``), unless
+    ``gather``: then every process gets every state's answers.
     """
     from wmel_jax.oracle.base import precision_scope
 
+    rt = _runtime(runtime)
     oracle = problem.oracle()
     n, obs_dim = problem.states.shape
-    size = _chunk_size(n, chunk_states)
+    n_actions = problem.actions.shape[0]
+    layout = _layout(rt, n, chunk_states)
     dtype = oracle.dtype
-    next_obs = np.empty((n, problem.actions.shape[0], obs_dim), dtype)
-    scores = np.empty((n, problem.actions.shape[0]), dtype)
-    rewards = np.empty((n, problem.actions.shape[0]), dtype)
-    trajectory = np.empty((problem.k_steps, n, obs_dim), dtype)
+    rows = layout.local_rows()
+    m = rows.size
+    next_obs = np.empty((m, n_actions, obs_dim), dtype)
+    scores = np.empty((m, n_actions), dtype)
+    rewards = np.empty((m, n_actions), dtype)
+    trajectory = np.empty((problem.k_steps, m, obs_dim), dtype)
     run_s = 0.0
     with precision_scope(problem.precision):
-        actions = jnp.asarray(problem.actions, dtype)
-        sequence = jnp.asarray(problem.action_sequence, dtype)
-        compiled, compile_s = _compiled(*_oracle_compile_spec(oracle, n, problem.actions.shape[0], problem.k_steps, size))
-        for start, stop in _chunks(n, size):
+        actions = rt.replicate(np.asarray(problem.actions, dtype))
+        sequence = rt.replicate(np.asarray(problem.action_sequence, dtype))
+        compiled, compile_s = _compiled(*_oracle_compile_spec(oracle, n, n_actions, problem.k_steps, chunk_states, rt))
+        at = 0
+        for j in range(layout.n_chunks):
+            take, valid = layout.local_take(j)
             t0 = time.perf_counter()
-            out = compiled(jnp.asarray(_padded(problem.states, start, stop, size), dtype), actions, sequence)
+            out = compiled(rt.put(np.asarray(problem.states[take], dtype)), actions, sequence)
             out = jax.block_until_ready(out)
             run_s += time.perf_counter() - t0
-            m = stop - start
-            next_obs[start:stop] = np.asarray(out[0])[:m]
-            scores[start:stop] = np.asarray(out[1])[:m]
-            trajectory[:, start:stop] = np.asarray(out[2])[:, :m]
-            rewards[start:stop] = np.asarray(out[3])[:m]
+            k = int(valid.sum())
+            local = [rt.local_part(x, axis) for x, axis in zip(out, _ORACLE_OUT_AXES)]
+            next_obs[at : at + k] = local[0][valid]
+            scores[at : at + k] = local[1][valid]
+            trajectory[:, at : at + k] = local[2][:, valid]
+            rewards[at : at + k] = local[3][valid]
+            at += k
+    held = None if rt.process_count == 1 else rows
+    if gather and held is not None:
+        next_obs, scores, rewards, trajectory = (
+            rt.gather_rows(x, rows, n, axis) for x, axis in ((next_obs, 0), (scores, 0), (rewards, 0), (trajectory, 1))
+        )
+        held = None
     for arr in (next_obs, scores, trajectory, rewards):
         arr.setflags(write=False)
     return OracleTargets(
-        next_obs, scores, trajectory, {"oracle_compile_s": compile_s, "oracle_run_s": run_s}, rewards=rewards
+        next_obs, scores, trajectory, {"oracle_compile_s": compile_s, "oracle_run_s": run_s}, rewards=rewards,
+        rows=held,
     )
 
 
@@ -581,6 +629,12 @@ def _unavailable(arch: Any, spaces: tuple[str, ...]) -> dict[str, str]:
         elif space not in spaces:
             out[metric] = f"not requested (metric spaces asked for: {', '.join(spaces)})"
     return out
+
+
+#: Where the model kernel's arguments keep their states: params, task, states, valid, segments, actions,
+#: sequence, true_next, true_scores, true_rewards, true_traj (k, C, obs_dim). Its outputs are per-segment
+#: sums of one device's part: one per device.
+_MODEL_IN_AXES = (None, None, 0, 0, 0, None, None, 0, 0, 0, 1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -680,8 +734,15 @@ def model_metrics(
     spaces: Any = None,
     interval_resamples: int | None = None,
     interval_seed: int | None = None,
+    runtime: Any = None,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Every metric the model supports on a problem, or those of ``spaces``, with intervals; (metrics, timings).
+
+    ``runtime`` (default the process's): the devices the calls are split
+    over; each device returns its own chunk sums, added on the host in the
+    order of the states (see :mod:`wmel_jax.distributed`). ``targets`` must
+    hold the answers for this process's share of the states (all of them, or
+    :func:`oracle_targets` computed with the same runtime and chunk size).
 
     ``spaces``: the metric spaces to compute (:func:`requested_spaces`; None:
     all). WmelError when the model has none of them (:func:`model_spaces`).
@@ -714,7 +775,7 @@ def model_metrics(
     bootstrap, on the host).
     """
     sums, timings = model_episode_sums(
-        model, problem, targets, chunk_states, total_states=total_states, spaces=spaces
+        model, problem, targets, chunk_states, total_states=total_states, spaces=spaces, runtime=runtime
     )
     t0 = time.perf_counter()
     result = summarize_episode_sums(sums, problem, resamples=interval_resamples, seed=interval_seed)
@@ -750,8 +811,16 @@ def model_episode_sums(
     *,
     total_states: int | None = None,
     spaces: Any = None,
+    runtime: Any = None,
 ) -> tuple[dict[str, M.SumCount], dict[str, float]]:
     """The model kernel's sums per episode, over every chunk; (sums, timings).
+
+    ``runtime`` (default the process's): the devices the calls are split
+    over; each device returns its own part's per-episode sums, added on the
+    host in the order of the states, as a one-device run adds its chunks' (see
+    :mod:`wmel_jax.distributed`). ``targets`` must hold the answers for this
+    process's share of the states (all of them, or :func:`oracle_targets`
+    computed with the same runtime and chunk size).
 
     sums: {kernel output: SumCount(total (E,) or (E, k) float64, count (E,)
     int64)} for the outputs of the computed spaces (``m1``, ``m2``, ``m3``;
@@ -763,51 +832,53 @@ def model_episode_sums(
     computed = model_spaces(model.arch, spaces)
     oracle = problem.oracle()
     kernel = _model_kernel(model.arch, oracle.physics.task.score, computed)
+    rt = _runtime(runtime)
     n = problem.n_states
-    size = _chunk_size(n, chunk_states)
-    f32 = jnp.float32
-    actions = jnp.asarray(problem.actions, f32)
-    sequence = jnp.asarray(problem.action_sequence, f32)
-    task_arg = None if task is None else jnp.asarray(task, jnp.int32)
-    valid_full = np.ones(size, bool)
+    layout = _layout(rt, n, chunk_states)
+    size = layout.per_device
+    f32 = np.float32
     episode_index = problem.episode_index
+    shared = rt.replicate((model.params, None if task is None else np.asarray(task, np.int32),
+                           np.asarray(problem.actions, f32), np.asarray(problem.action_sequence, f32)))
 
-    def chunk_args(start: int, stop: int) -> tuple[tuple, np.ndarray]:
-        valid = valid_full.copy()
-        valid[stop - start :] = False
-        episodes, local = np.unique(episode_index[start:stop], return_inverse=True)
-        segments = np.zeros(size, np.int32)  # padded rows: segment 0, masked out by valid
-        segments[: stop - start] = local.reshape(-1)
-        args = (
-            model.params,
-            task_arg,
-            jnp.asarray(_padded(problem.states, start, stop, size)),
-            jnp.asarray(valid),
-            jnp.asarray(segments),
-            actions,
-            sequence,
-            jnp.asarray(_padded(targets.next_obs, start, stop, size)),
-            jnp.asarray(_padded(targets.scores, start, stop, size)),
-            jnp.asarray(_padded(targets.rewards, start, stop, size)),
-            jnp.asarray(np.swapaxes(_padded(np.swapaxes(targets.trajectory, 0, 1), start, stop, size), 0, 1)),
-        )
-        return args, episodes
+    def segments_of(take: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Each row's episode among its device part's episodes (padding: 0, masked out): (len(take),) int32."""
+        segments = np.zeros(take.size, np.int32)
+        for at in range(0, take.size, size):
+            rows = take[at : at + size][valid[at : at + size]]
+            segments[at : at + rows.size] = np.unique(episode_index[rows], return_inverse=True)[1].reshape(-1)
+        return segments
 
-    # The family's own XLA options (its numerics) over the compile-time ones.
     from wmel_jax.model.protocol import functions_of
 
+    def local_args(take: np.ndarray, valid: np.ndarray) -> tuple:
+        """This process's rows of a call (``take``: indices into the states), as the kernel's batch arguments."""
+        return (problem.states[take], valid, segments_of(take, valid), *_target_rows(targets, take, valid))
+
+    def call_args(batch: tuple, put: Callable) -> tuple:
+        states, valid, segments, true_next, true_scores, true_rewards, true_traj = batch
+        params, task_arg, actions, sequence = shared
+        return (params, task_arg, put(states), put(valid), put(segments), actions, sequence, put(true_next),
+                put(true_scores), put(true_rewards), put(true_traj, 1))
+
+    take0, valid0 = layout.local_take(0)
+    one_device = tuple(x[:size] if i != 6 else x[:, :size] for i, x in enumerate(local_args(take0, valid0)))
+    spec_args = call_args(one_device, lambda x, axis=0: jax.ShapeDtypeStruct(x.shape, x.dtype))
+    # The family's own XLA options (its numerics) over the compile-time ones.
     options = {**model_compiler_options(total_states), **functions_of(model.arch).xla_options()}
-    compiled, compile_s = _compiled(kernel, chunk_args(0, min(size, n))[0], options)
-    parts: list[dict] = []
-    maps: list[np.ndarray] = []
+    compiled, compile_s = _compiled(kernel, spec_args, options, rt.placement(_MODEL_IN_AXES, STACKED))
+    outputs: list[dict] = []
     run_s = 0.0
-    for start, stop in _chunks(n, size):
-        args, episodes = chunk_args(start, stop)
+    for j in range(layout.n_chunks):
+        args = call_args(local_args(*layout.local_take(j)), rt.put)
         t0 = time.perf_counter()
         out = jax.block_until_ready(compiled(*args))
         run_s += time.perf_counter() - t0
-        parts.append(out)
-        maps.append(episodes)
+        outputs.append(out)
+    # One part per device per call, in the order of the states (a one-device run's chunks), and
+    # the episodes of each part's segments.
+    parts = rt.per_device(outputs)
+    maps = [np.unique(episode_index[start:stop]) for _, _, start, stop in layout.parts()]
     sums = {name: M.scatter_segments([p[name] for p in parts], maps, problem.n_episodes) for name in parts[0]}
     return sums, {"model_compile_s": compile_s, "model_run_s": run_s}
 
@@ -917,6 +988,28 @@ def summarize_episode_sums(
     return result
 
 
+def _target_rows(targets: OracleTargets, take: np.ndarray, valid: np.ndarray) -> tuple:
+    """The oracle's answers for the states ``take`` (next_obs, scores, rewards, trajectory), padding rows filled.
+
+    Padding rows (``~valid``) are masked out by the kernel: they repeat one
+    of this process's rows (zeros if it has none).
+    """
+    if targets.rows is None:
+        at = take
+    else:
+        at = np.zeros(take.shape, np.int64)
+        if valid.any():
+            at[valid] = targets.positions(take[valid])
+            at[~valid] = at[valid][-1]
+        elif targets.rows.size == 0:  # a process with no states at all (more processes than chunks of states)
+            n = take.size
+            return (np.zeros((n, *targets.next_obs.shape[1:]), targets.next_obs.dtype),
+                    np.zeros((n, *targets.scores.shape[1:]), targets.scores.dtype),
+                    np.zeros((n, *targets.rewards.shape[1:]), targets.rewards.dtype),
+                    np.zeros((targets.trajectory.shape[0], n, *targets.trajectory.shape[2:]), targets.trajectory.dtype))
+    return targets.next_obs[at], targets.scores[at], targets.rewards[at], targets.trajectory[:, at]
+
+
 #: The ``unavailable`` reason of a metric that came out NaN or infinite.
 NON_FINITE_REASON = (
     "not finite: the model's predictions overflow (or are NaN) on these states, so the metric is NaN or infinite"
@@ -949,15 +1042,17 @@ def model_compiler_options(total_states: int | None) -> dict[str, Any]:
     return {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0}
 
 
-def _compiled(kernel: Callable, args: tuple, compiler_options: Mapping[str, Any] | None = None) -> tuple[Any, float]:
+def _compiled(
+    kernel: Callable, args: tuple, compiler_options: Mapping[str, Any] | None = None, placement: Any = None
+) -> tuple[Any, float]:
     """``kernel`` compiled for the shapes and dtypes of ``args``; (compiled, seconds spent now).
 
     Once per process and argument shapes (a sweep of checkpoints of one
     architecture, or a second run on a problem of the same shape, reports 0);
     traced once per configuration when a kernel cache directory is set
-    (:mod:`wmel_jax.kernel_cache`).
+    (:mod:`wmel_jax.kernel_cache`). ``placement``: split over devices (None: one).
     """
-    return kernel_cache.compiled(kernel, args, compiler_options)
+    return kernel_cache.compiled(kernel, args, compiler_options, placement)
 
 
 def precompile_oracle_targets(
@@ -969,6 +1064,7 @@ def precompile_oracle_targets(
     frame_skip: int = 1,
     precision: str | None = None,
     chunk_states: int = DEFAULT_CHUNK_STATES,
+    runtime: Any = None,
 ) -> Any:
     """Start compiling :func:`oracle_targets`' kernel for a problem of this shape, on a background thread.
 
@@ -991,7 +1087,10 @@ def precompile_oracle_targets(
         # Out of bounds: make_problem says so, and nothing compiles meanwhile.
         limits.check_problem_size(n_states, action_set.shape[0], k_steps)
         limits.check_count(chunk_states, "chunk size", limits.MAX_CHUNK_STATES)
-        spec = _oracle_compile_spec(oracle, int(n_states), action_set.shape[0], int(k_steps), int(chunk_states))
+        kernel, args, options, placement = _oracle_compile_spec(
+            oracle, int(n_states), action_set.shape[0], int(k_steps), int(chunk_states), runtime
+        )
     except (WmelError, TypeError, ValueError):
         return None
-    return kernel_cache.precompile(*spec, setup=lambda: precision_scope(oracle.precision))
+    return kernel_cache.precompile(kernel, args, options, setup=lambda: precision_scope(oracle.precision),
+                                   placement=placement)

@@ -41,6 +41,12 @@ Compiler options are not part of a stored program (they apply when it is
 compiled): they are part of the in-process key, and JAX's key of the XLA
 executable includes them.
 
+Sharded calls (``placement``, :class:`wmel_jax.distributed.Placement`): the
+kernel is traced and stored at one device's shapes, exactly as for one
+device, and the stored program is compiled wrapped in ``jax.shard_map`` over
+the placement's mesh. The traced program is therefore shared by every device
+count; the in-process key and JAX's XLA key include the mesh.
+
 :func:`precompile` starts a compilation on a background thread (XLA releases
 the GIL while it compiles), so that, e.g., the oracle's kernel compiles while
 the state sampler is traced and run; :func:`compiled` then waits for it.
@@ -100,7 +106,9 @@ _XLA_SUFFIX = ".xla"
 _DISTRIBUTIONS = ("jax", "jaxlib", "mujoco", "mujoco-mjx", "dm-control", "flax", "numpy")
 #: JAX settings left out of the key: where and whether things are cached,
 #: logged or dumped changes no traced program.
-_UNKEYED_FLAG = re.compile(r"cache|log|dump|explain|timeout|debug_leaked|mock_gpu")
+#: Nor do the devices a process sees (a program is traced at one device's shapes).
+_UNKEYED_FLAG = re.compile(r"cache|log|dump|explain|timeout|debug_leaked|mock_gpu|num_cpu_devices|visible_devices|"
+                           r"collectives|preemption|distributed")
 #: Top-level packages whose functions may be named (not inspected) in a content
 #: key: wmel_jax's sources are hashed, the others' versions are in the key.
 _NAMED_PACKAGES = frozenset({"wmel_jax", "jax", "jaxlib", "numpy", "mujoco", "flax", "math", "builtins", "operator", "functools"})
@@ -744,7 +752,7 @@ def _exported(kernel: Callable, avals: tuple):
     return exp
 
 
-def _build(kernel: Callable, avals: tuple, options: dict[str, Any]):
+def _build(kernel: Callable, avals: tuple, options: dict[str, Any], placement: Any = None):
     try:
         exp = _exported(kernel, avals)
     except Exception:  # noqa: BLE001 - a kernel jax.export refuses (e.g. a custom call) compiles directly
@@ -753,24 +761,32 @@ def _build(kernel: Callable, avals: tuple, options: dict[str, Any]):
     else:
         fn = exp.call
     _notify("compile", kernel)
+    if placement is not None:
+        fn, avals = placement.wrap(fn), placement.global_avals(avals)
     t0 = time.perf_counter()
     result = jax.jit(fn, compiler_options=options or None).lower(*avals).compile()
     _count("xla_s", time.perf_counter() - t0)
     return result
 
 
-def compiled(kernel: Callable, args: tuple, compiler_options: Mapping[str, Any] | None = None) -> tuple[Any, float]:
+def compiled(
+    kernel: Callable, args: tuple, compiler_options: Mapping[str, Any] | None = None, placement: Any = None
+) -> tuple[Any, float]:
     """``kernel`` compiled for the shapes and dtypes of ``args``: (compiled, seconds this call spent).
 
     ``args`` are arrays or ``jax.ShapeDtypeStruct``; only their shapes and
     dtypes matter. The seconds are 0 when this process already compiled it,
     and the wait when a :func:`precompile` of it was under way.
+
+    ``placement`` (a :class:`wmel_jax.distributed.Placement`; None: one
+    device): ``args`` are then one device's shapes, and the compiled program
+    takes the whole call's arrays (``placement.global_avals``).
     """
     options = dict(compiler_options or {})
     avals = _abstract(tuple(args))
     treedef, leaves = _signature(avals)
     key = (kernel, treedef, tuple(leaves), tuple(sorted((k, repr(v)) for k, v in options.items())),
-           json.dumps(_trace_context(), sort_keys=True))
+           json.dumps(_trace_context(), sort_keys=True), None if placement is None else placement.key())
     t0 = time.perf_counter()
     while True:
         with _LOCK:
@@ -793,7 +809,7 @@ def compiled(kernel: Callable, args: tuple, compiler_options: Mapping[str, Any] 
             if key in _COMPILED:
                 return _COMPILED[key], time.perf_counter() - t0
     try:
-        result = _build(kernel, avals, options)
+        result = _build(kernel, avals, options, placement)
     except BaseException as e:
         with _LOCK:
             del _INFLIGHT[key]
@@ -811,9 +827,13 @@ _BACKGROUND: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 def precompile(
-    kernel: Callable, args: tuple, compiler_options: Mapping[str, Any] | None = None, setup: Callable[[], Any] | None = None
+    kernel: Callable,
+    args: tuple,
+    compiler_options: Mapping[str, Any] | None = None,
+    setup: Callable[[], Any] | None = None,
+    placement: Any = None,
 ) -> concurrent.futures.Future:
-    """Start :func:`compiled` (kernel, args, options) on a background thread; a later call waits for it.
+    """Start :func:`compiled` (kernel, args, options, placement) on a background thread; a later call waits for it.
 
     ``setup()`` returns a context manager entered around the compilation (e.g.
     the oracle's precision scope, which is per thread). A failure in the
@@ -828,9 +848,9 @@ def precompile(
 
     def run() -> None:
         if setup is None:
-            compiled(kernel, args, compiler_options)
+            compiled(kernel, args, compiler_options, placement)
         else:
             with setup():
-                compiled(kernel, args, compiler_options)
+                compiled(kernel, args, compiler_options, placement)
 
     return pool.submit(run)

@@ -106,6 +106,11 @@ class EvalOptions:
     #: Pair each model with its downstream gap computed in this run (``eval --cpg``): a
     #: ``wmel_jax.planning.cpg.CPGOptions`` (its models are this run's), instead of ``downstream`` files.
     cpg: Any = None
+    #: In a run of several processes, what they split: "states" (every process
+    #: evaluates every model on its share of the states), "models" (each
+    #: evaluates its share of the models on every state), or "auto"
+    #: (:func:`wmel_jax.distributed.plan_split`).
+    split: str = "auto"
 
 
 def read_array_file(path: str | os.PathLike, what: str) -> np.ndarray:
@@ -455,51 +460,89 @@ def score_models(
     chunk_states: int,
     progress: Callable[[int, int, str], None] | None = None,
     say: Callable[[str], None] | None = None,
+    runtime: Any = None,
+    split: str = "auto",
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """The oracle's answers once, then every selected model's cell; (cells, timings).
 
     ``downstream``: each input model's pairing (or None), by input position.
+    ``runtime`` (default the process's) and ``split``: where the work goes
+    (:func:`wmel_jax.distributed.plan_split`); the plan is in
+    ``timings["split"]``. Every process returns every cell.
+
     A metric that came out non-finite is null with its reason, and ``say``
     (default: stderr) warns about it.
     """
+    from wmel_jax import distributed
     from wmel_jax.evaluate import non_finite_metrics
     from wmel_jax.progress import as_progress
     from wmel_jax.report import make_cell
 
     say = say or (lambda msg: print(msg, file=sys.stderr))
+    rt = distributed.runtime() if runtime is None else runtime
     progress = as_progress(progress)
+    models = selection.models
+    plan = distributed.plan_split([_model_cost(m.model) for m in models], problem.n_states, rt.process_count, split)
+    # Both splits compute the oracle's answers over every device of the run; split by
+    # models, every process then needs all of them.
     with progress.phase(
         f"{problem.task}: the oracle's answers ({problem.n_states} states x {problem.actions.shape[0]} actions, "
         f"{problem.k_steps}-step rollouts)"
     ):
-        targets = oracle_targets(problem, chunk_states)
-    timings: dict[str, float] = {**targets.timings, "model_compile_s": 0.0, "model_run_s": 0.0, "interval_s": 0.0}
-    # States each architecture's kernel will see in this run (its compile options depend on it).
-    per_arch = Counter(m.model.arch for m in selection.models)
-    cells = []
-    for j, m in enumerate(selection.models):
+        targets = oracle_targets(problem, chunk_states, runtime=rt, gather=plan.kind == "models")
+    timings: dict[str, Any] = {**targets.timings, "model_compile_s": 0.0, "model_run_s": 0.0, "interval_s": 0.0}
+    # States each architecture's kernel will see in this run (its compile options depend on it:
+    # the whole run's count, so that every split compiles the same programs).
+    per_arch = Counter(m.model.arch for m in models)
+    mine = [j for j in range(len(models)) if plan.kind == "states" or plan.assignment[j] == rt.process_index]
+    where = rt if plan.kind == "states" else rt.local()
+    results: dict[int, tuple[dict, dict]] = {}
+    for i, j in enumerate(mine):
+        m = models[j]
         if progress:
-            progress(j, len(selection.models), m.name)
-        values, t = model_metrics(
+            progress(i, len(mine), m.name)
+        results[j] = model_metrics(
             m.model, problem, targets, chunk_states, total_states=problem.n_states * per_arch[m.model.arch],
-            spaces=spaces,
+            spaces=spaces, runtime=where,
         )
+    if progress:
+        progress(len(mine), len(mine), "")
+    if plan.kind == "models":  # every process gets every model's metrics (JSON: floats round-trip exactly)
+        shared = distributed.allgather_json([[j, *results[j]] for j in mine])
+        results = {j: (values, t) for part in shared for j, values, t in part}
+    cells = []
+    for j, m in enumerate(models):
+        values, t = results[j]
         timings["model_compile_s"] += t["model_compile_s"]
         timings["model_run_s"] += t["model_run_s"]
         timings["interval_s"] += t["interval_s"]
         bad = non_finite_metrics(values)
-        if bad:
+        if bad and rt.process_index == 0:  # said once, by the process that prints
             say(f"wmel-jax: warning: {m.name}: {', '.join(bad)} came out NaN or infinite (the model's predictions "
                 "overflow on these states); reported as null, with the reason under 'unavailable'")
         cells.append(make_cell(m.label, values, downstream[m.index], env=problem.task, model_meta=m.model.meta))
-    if progress:
-        progress(len(selection.models), len(selection.models), "")
+    timings["split"] = plan
     return cells, timings
 
 
-def run_config(problem, selection: Selection, *, seed: int, spaces: tuple[str, ...], states_path: str | None,
-               episode_ids_path: str | None = None) -> dict:
-    """The report's ``config``: everything needed to rerun the evaluation, and how its intervals were made."""
+def _model_cost(model: Any) -> float:
+    """A model's relative cost per state: its parameter count (the kernel's work is its matmuls)."""
+    import jax
+
+    return float(sum(np.size(x) for x in jax.tree_util.tree_leaves(model.params)))
+
+
+def run_config(
+    problem, selection: Selection, *, seed: int, spaces: tuple[str, ...], states_path: str | None,
+    episode_ids_path: str | None = None, runtime: Mapping[str, Any] | None = None,
+) -> dict:
+    """The report's ``config``: everything needed to rerun the evaluation, and how its intervals were made.
+
+    ``runtime``: where it ran (devices, processes, how the work was split);
+    recorded last, it changes none of the numbers beyond the tolerances of
+    :mod:`wmel_jax.distributed`.
+    """
+    extra = {} if runtime is None else {"runtime": dict(runtime)}
     return {
         "env": problem.task,
         "n_states": problem.n_states,
@@ -513,6 +556,7 @@ def run_config(problem, selection: Selection, *, seed: int, spaces: tuple[str, .
         "metric_spaces_requested": list(spaces),
         "states": "file: " + str(states_path) if states_path else "sampled (seeded random-action rollouts)",
         **interval_config(problem, episode_file=episode_ids_path),
+        **extra,
     }
 
 
@@ -540,7 +584,12 @@ def write_outputs(report: Mapping[str, Any], problem, opts: EvalOptions, outputs
 
     An error before this, or while rendering (a full disk), leaves none of them behind.
     ``outputs``: the set :func:`declare_outputs` checked before the work (declared now when None).
+    In a run of several processes (every one of which checked them), process 0 alone writes them.
     """
+    from wmel_jax.distributed import is_writer
+
+    if not is_writer():
+        return
     outputs = declare_outputs(opts) if outputs is None else outputs
     if opts.save_states:
         outputs.write(opts.save_states, npy_bytes(problem.states))
@@ -573,10 +622,12 @@ def run_eval(
     bar, kernels compiling), or an older ``(done, total, name)`` callback
     over the models, or None.
     """
+    from wmel_jax import distributed
     from wmel_jax.progress import as_progress
 
     say = say or (lambda msg: print(msg, file=sys.stderr))
-    progress = as_progress(progress)
+    # In a run of several processes, process 0 alone says how it goes.
+    progress = as_progress(progress if distributed.is_writer() else None)
     try:
         with progress.watch_kernels():
             return _run_eval(opts, say, progress)
@@ -585,7 +636,7 @@ def run_eval(
 
 
 def _run_eval(opts: EvalOptions, say: Callable[[str], None], progress) -> dict[str, Any]:
-    from wmel_jax import kernel_cache
+    from wmel_jax import distributed, kernel_cache
     from wmel_jax.downstream import pair_downstream
     from wmel_jax.evaluate import METRIC_SPACES
     from wmel_jax.report import build_group_report
@@ -593,7 +644,9 @@ def _run_eval(opts: EvalOptions, say: Callable[[str], None], progress) -> dict[s
     t_start = time.perf_counter()
     cache_before = kernel_cache.stats()
 
-    outputs = declare_outputs(opts)
+    rt = distributed.runtime()
+    distributed.check_split(opts.split)
+    outputs = declare_outputs(opts)  # by every process (the same checks), written by process 0 alone
     check_run_numbers(n_states=opts.n_states, k_steps=opts.k_steps, seed=opts.seed, chunk_states=opts.chunk_states)
     labels = check_labels(opts.models, opts.labels)
     spaces = requested_spaces(opts.metrics)
@@ -665,11 +718,14 @@ def _run_eval(opts: EvalOptions, say: Callable[[str], None], progress) -> dict[s
         timings["states_s"] += time.perf_counter() - t0
         cells, run_timings = score_models(
             problem, selection, downstream, spaces=spaces, chunk_states=opts.chunk_states, progress=progress, say=say,
+            runtime=rt, split=opts.split,
         )
+        plan = run_timings.pop("split")
         for name, value in run_timings.items():
             timings[name] = timings.get(name, 0.0) + value
         config = run_config(problem, selection, seed=opts.seed, spaces=spaces, states_path=opts.states,
-                            episode_ids_path=opts.episode_ids)
+                            episode_ids_path=opts.episode_ids,
+                            runtime={**rt.describe(), "split": plan.kind, "split_reason": plan.reason})
         groups.append((config, cells))
     if not groups:
         raise skips.none_left()

@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from wmel_jax import kernel_cache
 from wmel_jax.errors import WmelError
@@ -47,6 +48,8 @@ def sample_states(
     reset_every: int = RESET_EVERY,
     frame_skip: int = 1,
     precision: str = DEFAULT_PRECISION,
+    *,
+    runtime: Any = None,
 ) -> jax.Array:
     """Seeded on-task states: (n, obs_dim) observations of random-action rollouts.
 
@@ -59,6 +62,11 @@ def sample_states(
         ``reset_every - 1`` steps).
       frame_skip: physics steps per environment step (action repeat).
       precision: the oracle's precision, ``"float64"`` or ``"float32"``.
+      runtime: the devices the episodes are split over
+        (:class:`wmel_jax.distributed.Runtime`; default the process's). The
+        randomness is drawn once for the whole batch, so the states do not
+        depend on the device count; in a run of several processes every
+        process gets every state.
     """
     oracle = make_oracle(task, frame_skip=frame_skip, precision=precision)
     n = _positive_int(n, "n")
@@ -68,15 +76,31 @@ def sample_states(
         if _is_tracer(key):
             raise WmelError("sample_states needs a concrete key (it is not traceable: n is a shape)")
         raise WmelError(f"key must be a JAX PRNG key (jax.random.key(seed)); got {type(key).__name__}")
+    from wmel_jax import distributed
+
+    rt = distributed.runtime() if runtime is None else runtime
     episodes = -(-n // reset_every)
+    steps = max(reset_every - 1, 0)
+    impl = str(jax.random.key_impl(key))
     with precision_scope(oracle.precision):
-        actions_arr = jnp.asarray(action_set, oracle.dtype)
-        # Traced once per configuration (kernel_cache), with the oracle's codegen options.
+        # The randomness first (integers only: the same bits on any device), then the
+        # episodes split over the devices; traced once per configuration (kernel_cache),
+        # with the oracle's codegen options for the whole batch.
+        draw, _ = kernel_cache.compiled(_draws(episodes, steps, int(action_set.shape[0])), (key,))
+        reset_keys, indices = (np.asarray(x) for x in draw(key))
+        layout = rt.layout(episodes, episodes)  # one call: the whole batch, as on one device
+        take, _ = layout.local_take(0)
+        shared = rt.replicate(np.asarray(action_set, oracle.dtype))
+        one_device = (jax.ShapeDtypeStruct((layout.per_device, *reset_keys.shape[1:]), reset_keys.dtype),
+                      jax.ShapeDtypeStruct((layout.per_device, steps), indices.dtype), shared)
         kernel, _ = kernel_cache.compiled(
-            _sampler(oracle, episodes, reset_every), (key, actions_arr), compiler_options(episodes * reset_every)
+            _sampler(oracle, reset_every, impl), one_device, compiler_options(episodes * reset_every),
+            rt.placement((0, 0, None), 0),
         )
-        obs = kernel(key, actions_arr)
-    return obs[:n]
+        obs = kernel(rt.put(reset_keys[take]), rt.put(indices[take]), shared)  # (E', reset_every, obs_dim)
+        if rt.process_count > 1:
+            obs = jnp.asarray(rt.gather(obs))
+    return obs[:episodes].reshape(episodes * reset_every, -1)[:n]
 
 
 def _is_tracer(x: Any) -> bool:
@@ -84,8 +108,25 @@ def _is_tracer(x: Any) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _sampler(oracle, episodes: int, reset_every: int):
-    """The sampler kernel for one (oracle, episodes, reset_every): key, actions -> (episodes * reset_every, obs_dim)."""
+def _draws(episodes: int, steps: int, n_actions: int):
+    """The batch's randomness: key -> (reset key data (episodes, ...) uint32, action indices (episodes, steps))."""
+
+    def kernel(key):
+        k_reset, k_act = jax.random.split(key)
+        reset_keys = jax.random.key_data(jax.random.split(k_reset, episodes))
+        return reset_keys, jax.random.randint(k_act, (episodes, steps), 0, n_actions)
+
+    return kernel
+
+
+@functools.lru_cache(maxsize=64)
+def _sampler(oracle, reset_every: int, impl: str):
+    """The rollouts of a batch of episodes, given their randomness (:func:`_draws`).
+
+    reset key data (E, ...), action indices (E, reset_every - 1), action set
+    (A, action_dim) -> (E, reset_every, obs_dim). Per episode: any E, any
+    device, the same arithmetic.
+    """
     physics = oracle.physics
     frame_skip = oracle.frame_skip
 
@@ -98,13 +139,9 @@ def _sampler(oracle, episodes: int, reset_every: int):
         traj = physics.scan_observe(physics.start(d, ctrls[0]), aux, ctrls, frame_skip)
         return jnp.concatenate([first, jnp.swapaxes(traj, 0, 1)], axis=1)
 
-    def kernel(key, action_set):
-        k_reset, k_act = jax.random.split(key)
-        d, aux = physics.reset(jax.random.split(k_reset, episodes))
-        # (episodes, steps) indices into the action set.
-        idx = jax.random.randint(k_act, (episodes, max(reset_every - 1, 0)), 0, action_set.shape[0])
-        ctrls = action_set[idx]
-        obs = map_chunks(episodes_from, (d, aux, ctrls), batch_chunk())  # (episodes, reset_every, obs_dim)
-        return obs.reshape(episodes * reset_every, -1)
+    def kernel(reset_keys, idx, action_set):
+        d, aux = physics.reset(jax.random.wrap_key_data(reset_keys, impl=impl))
+        ctrls = action_set[idx]  # (E, steps, action_dim)
+        return map_chunks(episodes_from, (d, aux, ctrls), batch_chunk())  # (E, reset_every, obs_dim)
 
     return kernel

@@ -1,7 +1,8 @@
 """Runtime flags shared by the subcommands that run JAX (eval, demo, bench).
 
 Process-wide JAX settings (64-bit mode for the float64 oracle, the persistent
-compilation cache) are made here, when a command runs, never at import.
+compilation cache, the devices and the distributed runtime) are made here,
+when a command runs, never at import.
 """
 
 from __future__ import annotations
@@ -35,6 +36,40 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, *, chunk_states: bool
     )
     parser.add_argument("--no-cache", action="store_true",
                         help="neither read nor write the cache: trace and compile every kernel")
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--devices N``: the devices of this process a run's batch is split over."""
+    parser.add_argument(
+        "--devices", type=int, default=None, metavar="N",
+        help="split each kernel call over the first N devices of every process (default: all of them; on CPU, "
+        "N > 1 makes N XLA host devices, which share the cores: see README, 'Many devices, many processes')",
+    )
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser, *, split: bool = False) -> None:
+    """``--devices`` and the flags of a run over several processes (jax.distributed)."""
+    from wmel_jax.distributed import DEFAULT_PEER_TIMEOUT_S, SPLITS
+
+    add_device_arguments(parser)
+    group = parser.add_argument_group(
+        "several processes", "start the same command once per process (or under srun / mpirun, where JAX "
+        "detects these); process 0 writes the outputs")
+    group.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="process 0's address and a free port (default: $JAX_COORDINATOR_ADDRESS)")
+    group.add_argument("--num-processes", type=int, metavar="N", help="how many processes take part")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 to N-1")
+    group.add_argument(
+        "--peer-timeout", type=int, default=None, metavar="S",
+        help=f"a process silent for S seconds is declared dead and the others exit with an error "
+        f"(default {DEFAULT_PEER_TIMEOUT_S})",
+    )
+    if split:
+        group.add_argument(
+            "--split", choices=SPLITS, default="auto",
+            help="what the processes share: the states, the models (each evaluates its share of the models on "
+            "every state), or auto: the cheaper (default)",
+        )
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +123,30 @@ def configure_runtime(args: argparse.Namespace) -> None:
         jax.config.update("jax_enable_x64", True)
     if not args.no_cache:
         enable_compilation_cache(Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir())
+    configure_devices(args)
+
+
+def configure_devices(args: argparse.Namespace) -> None:
+    """Join the distributed run if this is one, then use ``--devices`` devices of each process.
+
+    Before JAX starts its backends: on a CPU-only machine ``--devices N``
+    needs N XLA host devices, which must be asked for first.
+    """
+    import jax
+
+    from wmel_jax import distributed
+
+    devices = getattr(args, "devices", None)
+    if (devices is not None and devices > 1 and jax.config.jax_num_cpu_devices < 0
+            and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")):
+        jax.config.update("jax_num_cpu_devices", devices)
+    settings = distributed.settings_from_args(args)
+    if settings is not None:
+        distributed.initialize(settings)
+    rt = distributed.configure(devices)
+    if settings is not None:
+        print(f"wmel-jax: process {rt.process_index} of {rt.process_count}: joined the run "
+              f"({rt.n_devices} {rt.devices[0].platform} devices)", file=sys.stderr, flush=True)
 
 
 def progress_bar(stream=None, quiet: bool = False) -> Callable[[int, int, str], None] | None:

@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="replace the reports and figure of an earlier demo in the same folder")
     _common.add_runtime_arguments(parser)
+    _common.add_device_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -67,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replace output files that exist (an output is never an input, nor another output)")
     _common.add_runtime_arguments(parser)
     _common.add_output_arguments(parser)
+    _common.add_distributed_arguments(parser, split=True)
 
 
 def _cpg_options(args: argparse.Namespace):
@@ -111,19 +112,25 @@ def run(args: argparse.Namespace) -> int:
         chunk_states=args.chunk_states,
         metrics=args.metrics,
         episode_ids=args.episode_ids,
+        split=args.split,
         force=args.force,
         cpg=_cpg_options(args),
     )
     from wmel_jax import kernel_cache
+    from wmel_jax.distributed import is_writer
     from wmel_jax.progress import Progress
 
-    progress = Progress(quiet=args.quiet, cached=kernel_cache.get_directory() is not None)
+    writer = is_writer()  # process 0 of a distributed run reports, prints and writes for all
+    progress = Progress(quiet=args.quiet or not writer, cached=kernel_cache.get_directory() is not None)
     report = run_eval(opts, progress=progress)
+    skipped = bool(report.get("skipped")) and not args.allow_skips
+    if not writer:  # the same exit status as process 0's (every process skipped the same models)
+        return 1 if skipped else 0
     sys.stdout.write(format_table(report, timings=args.timings))
     for what, path in (("report", args.output), ("figure", args.figure), ("states", args.save_states)):
         if path:
             print(f"wrote {what}: {path}")
-    if report.get("skipped") and not args.allow_skips:
+    if skipped:
         n = len(report["skipped"])
         print(f"wmel-jax: {n} model(s) skipped (listed above); exit status 1 (--allow-skips: 0)", file=sys.stderr)
         return 1

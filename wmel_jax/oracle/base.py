@@ -269,8 +269,11 @@ class Physics:
         self.task = task
         self.precision = precision
         self.dtype = _DTYPES[precision]
-        self.model = mjx.put_model(mj_model)
-        self.template = mjx.make_data(self.model)
+        # This process's own device: MJX's default, jax.devices()[0], belongs to process 0
+        # in a run of several processes (the arrays are constants of the kernels anyway).
+        device = jax.local_devices()[0]
+        self.model = mjx.put_model(mj_model, device=device)
+        self.template = mjx.make_data(self.model, device=device)
         m = self.model
         efc_type = np.asarray(self.template._impl.efc_type)
         self._has_constraints = efc_type.size > 0
