@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "evaluate the six shipped example models (3 tasks x good/weak): tables, JSON reports, a PNG figure"
+HELP = ("evaluate the seven shipped example models (3 tasks x good/weak TD-MPC2, and a DreamerV3 for cartpole): "
+        "tables, JSON reports, a PNG figure")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
