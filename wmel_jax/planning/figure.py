@@ -18,7 +18,10 @@ _COLOURS = {"oracle": "#4c72b0", "learned": "#dd8452"}
 
 
 def _name(report: Mapping[str, Any]) -> str:
-    return Path(str(report.get("learned_model"))).name
+    """The model file's stem, wrapped to fit under its bars (long names overlapped their neighbours)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(Path(str(report.get("learned_model"))).stem, 18)) or "?"
 
 
 def _successful_steps(report: Mapping[str, Any], arm: str) -> list[int] | None:
@@ -52,7 +55,7 @@ def render_cpg_png(reports: Sequence[Mapping[str, Any]]) -> bytes:
     if not reports:
         raise ValueError("plot_cpg needs at least one report")
     m = len(reports)
-    fig = Figure(figsize=(6 + 2.2 * m, 4.8), layout="constrained")
+    fig = Figure(figsize=(6 + 2.6 * m, 5.2), layout="constrained")
     FigureCanvasAgg(fig)
     rates, steps = fig.subplots(1, 2, width_ratios=[max(m, 1.5), m + 1])
     cfg = reports[0]["config"]
