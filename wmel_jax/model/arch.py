@@ -34,6 +34,7 @@ __all__ = [
     "param_shapes",
     "infer_arch",
     "check_params",
+    "check_param_shapes",
     "flatten_params",
     "unflatten_params",
     "DEFAULT_SIMNORM_DIM",
@@ -352,7 +353,20 @@ def check_params(
     show_shape: Callable[[str, tuple[int, ...]], list[int]] = lambda path, s: list(s),
 ) -> None:
     """Every expected parameter present with its shape, nothing else: else WmelError."""
-    expected = param_shapes(arch)
+    check_param_shapes(param_shapes(arch), shapes, describe=describe, show_shape=show_shape)
+
+
+def check_param_shapes(
+    expected: Mapping[str, tuple[int, ...]],
+    shapes: Mapping[str, tuple[int, ...]],
+    *,
+    describe: Callable[[str], str] = lambda path: path,
+    show_shape: Callable[[str, tuple[int, ...]], list[int]] = lambda path, s: list(s),
+) -> None:
+    """``shapes`` holds exactly the ``expected`` parameter paths, each with its shape: else WmelError naming the first.
+
+    Shared by every model family's ``check_params`` (each gives its own expected shapes).
+    """
     missing = [p for p in expected if p not in shapes]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""

@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wmel_jax.errors import WmelError
+from wmel_jax.model.arch import check_param_shapes
 from wmel_jax.model.protocol import WorldModelFunctions
 
 __all__ = [
@@ -323,22 +324,7 @@ def check_params(arch: DreamerArch, shapes: Mapping[str, tuple[int, ...]], *,
                  describe: Callable[[str], str] = lambda path: path,
                  show_shape: Callable[[str, tuple[int, ...]], list[int]] = lambda path, s: list(s)) -> None:
     """Every expected parameter present with its shape, nothing else: else WmelError naming the first."""
-    expected = param_shapes(arch)
-    missing = [p for p in expected if p not in shapes]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise WmelError(f"missing key {describe(missing[0])!r}{more}")
-    extra = [p for p in shapes if p not in expected]
-    if extra:
-        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
-        raise WmelError(f"unexpected key {describe(extra[0])!r}{more}")
-    for path, want in expected.items():
-        got = tuple(shapes[path])
-        if got != want:
-            raise WmelError(
-                f"key {describe(path)!r} has shape {show_shape(path, got)} but the architecture read "
-                f"from the other tensors needs {show_shape(path, want)} (layer sizes do not fit together)"
-            )
+    check_param_shapes(param_shapes(arch), shapes, describe=describe, show_shape=show_shape)
 
 
 # --------------------------------------------------------------------------- #
