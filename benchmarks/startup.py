@@ -4,6 +4,7 @@
     python -m wmel_jax.benchmarks.startup --tasks cartpole-swingup --rounds 5
     python -m wmel_jax.benchmarks.startup --root /path/to/other/checkout   # the same runs of another version
     python -m wmel_jax.benchmarks.startup --kinds warm --tasks cartpole-swingup   # the 2 s target only
+    python -m wmel_jax.benchmarks.startup --kinds warm --baseline /path/to/main   # and main's, round by round
 
 Each round runs, per task, in fresh processes and with the defaults (N = 150,
 k = 10) on the shipped size-1 example model ``<task>-good.safetensors``:
@@ -96,37 +97,42 @@ def main(argv: list[str] | None = None) -> int:
                         help="which runs (warm alone still fills its cache first, untimed)")
     parser.add_argument("--root", default=str(Path(__file__).resolve().parent.parent),
                         help="the checkout whose wmel_jax runs (default: this one)")
+    parser.add_argument("--baseline", default=None,
+                        help="another checkout timed in the same rounds, run for run (e.g. main before a change)")
     parser.add_argument("--out", default=str(RESULTS / "startup.json"))
     args = parser.parse_args(argv)
     root = Path(args.root).resolve()
+    roots = {"this": root, **({"baseline": Path(args.baseline).resolve()} if args.baseline else {})}
     py = sys.executable
     floors: dict[str, list] = {name: [] for name in FLOORS}
-    runs: dict[str, dict[str, list]] = {t: {k: [] for k in args.kinds} for t in args.tasks}
+    runs = {label: {t: {k: [] for k in args.kinds} for t in args.tasks} for label in roots}
     load = {"start": list(os.getloadavg()), "rounds": []}
     with tempfile.TemporaryDirectory(prefix="wmel-startup-") as tmp:
-        _run([py, "-c", CLI_IMPORTS], root)  # untimed: writes the checkout's byte-compiled modules
         caches = {}
-        if "cold" not in args.kinds and "warm" in args.kinds:
-            for task in args.tasks:  # fill each task's cache once, untimed
-                caches[task] = Path(tmp) / f"cache-{task}"
-                model = root / "wmel_jax" / "examples" / f"{task}-good.safetensors"
-                _run([py, "-m", "wmel_jax", "eval", str(model), "--env", task, "--cache-dir", str(caches[task]),
-                      "-o", str(Path(tmp) / "fill.json"), "--force"], root)
+        for label, where in roots.items():
+            _run([py, "-c", CLI_IMPORTS], where)  # untimed: writes the checkout's byte-compiled modules
+            if "cold" not in args.kinds and "warm" in args.kinds:
+                for task in args.tasks:  # fill each task's cache once, untimed
+                    caches[label, task] = Path(tmp) / f"cache-{label}-{task}"
+                    model = where / "wmel_jax" / "examples" / f"{task}-good.safetensors"
+                    _run([py, "-m", "wmel_jax", "eval", str(model), "--env", task, "--cache-dir",
+                          str(caches[label, task]), "-o", str(Path(tmp) / "fill.json"), "--force"], where)
         for r in range(args.rounds):
             for name, code in FLOORS.items():
                 floors[name].append(_run([py, "-c", code], root))
             for task in args.tasks:
-                model = root / "wmel_jax" / "examples" / f"{task}-good.safetensors"
-                cache = caches.get(task) or Path(tmp) / f"cache-{task}-{r}"
-                for kind in args.kinds:
-                    report = Path(tmp) / f"{task}-{kind}-{r}.json"
-                    flags = ["--no-cache"] if kind == "no_cache" else ["--cache-dir", str(cache)]
-                    cmd = [py, "-m", "wmel_jax", "eval", str(model), "--env", task, *flags, "-o", str(report)]
-                    row = _run(cmd, root)
-                    row["timings"] = json.loads(report.read_text())["timings"]
-                    runs[task][kind].append(row)
-                    print(f"round {r + 1} {task} {kind}: {row['wall_s']:.2f} s wall, {row['cpu_s']:.2f} s CPU",
-                          flush=True)
+                for label, where in roots.items():
+                    model = where / "wmel_jax" / "examples" / f"{task}-good.safetensors"
+                    cache = caches.get((label, task)) or Path(tmp) / f"cache-{label}-{task}-{r}"
+                    for kind in args.kinds:
+                        report = Path(tmp) / f"{label}-{task}-{kind}-{r}.json"
+                        flags = ["--no-cache"] if kind == "no_cache" else ["--cache-dir", str(cache)]
+                        cmd = [py, "-m", "wmel_jax", "eval", str(model), "--env", task, *flags, "-o", str(report)]
+                        row = _run(cmd, where)
+                        row["timings"] = json.loads(report.read_text())["timings"]
+                        runs[label][task][kind].append(row)
+                        print(f"round {r + 1} {label} {task} {kind}: {row['wall_s']:.2f} s wall, "
+                              f"{row['cpu_s']:.2f} s CPU", flush=True)
             load["rounds"].append(list(os.getloadavg()))
     load["end"] = list(os.getloadavg())
 
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                "wall_s_all": [round(x["wall_s"], 3) for x in v], "cpu_s_all": [round(x["cpu_s"], 3) for x in v]}
         for name, v in floors.items()
     }
-    tasks = {t: {k: median_row(v) for k, v in kinds.items()} for t, kinds in runs.items()}
+    tasks = {t: {k: median_row(v) for k, v in kinds.items()} for t, kinds in runs["this"].items()}
     cli = floor_rows["CLI imports"]
     for kinds in tasks.values():
         if "warm" in kinds:
@@ -165,6 +171,23 @@ def main(argv: list[str] | None = None) -> int:
         "floors": floor_rows,
         "tasks": tasks,
     }
+    if args.baseline:
+        results["baseline"] = {
+            "root": str(roots["baseline"]),
+            "tasks": {t: {k: median_row(v) for k, v in kinds.items()} for t, kinds in runs["baseline"].items()},
+        }
+        for task, kinds in results["baseline"]["tasks"].items():
+            for kind, row in kinds.items():
+                mine = tasks[task][kind]
+                # Round by round (the same load): this checkout's time over the baseline's.
+                pairs = list(zip(runs["this"][task][kind], runs["baseline"][task][kind]))
+                row["ratio_this_over_baseline"] = {
+                    m: statistics.median(a[m] / b[m] for a, b in pairs) for m in ("wall_s", "cpu_s")
+                }
+                print(f"{task} {kind}: baseline {row['wall_s']:.2f} s wall ({row['cpu_s']:.2f} s CPU); this / baseline "
+                      f"{row['ratio_this_over_baseline']['wall_s']:.2f} wall, "
+                      f"{row['ratio_this_over_baseline']['cpu_s']:.2f} CPU (median of per-round ratios); "
+                      f"this {mine['wall_s']:.2f} s")
     for name, row in floor_rows.items():
         print(f"floor {name}: {row['wall_s']:.2f} s wall, {row['cpu_s']:.2f} s CPU")
     for task, kinds in tasks.items():
