@@ -31,6 +31,13 @@ many rounds a call runs. Both arms use the same keys (the reference seeds
 both arms' planners alike): the same start states, and common random numbers
 for the candidates.
 
+Over several devices (and processes), :func:`run_arm` gives each device a
+contiguous share of the episodes (:func:`device_shares`) with its own slots
+and queue, and runs this kernel under ``jax.shard_map``
+(:class:`wmel_jax.distributed.Placement`): a share's episodes keep their
+indices in the whole run (``Episodes.first``) for their keys, so the
+results are the one-device run's.
+
 Success: an env step's reward is the task's true reward (dm_control's, the
 oracle's ``step_reward``), averaged over the frame_skip physics steps the
 action is held (for frame_skip 1, dm_control's reward itself), compared with
