@@ -450,8 +450,8 @@ def run_arm(
         run = compiled(params_arg, task_arg, run, obs_arg, seed_arg, actions_arg, horizon_arg)
         # Waits for the call (the progress shown is real); over processes, a sum over all of them.
         ended = int(jnp.sum(run.ended)) - padding
-        if progress is not None:
-            progress(ended, n, int(jnp.max(run.rounds)))
+        if progress is not None:  # this process's devices' rounds (no collective: progress is process 0's alone)
+            progress(ended, n, max(int(np.max(np.asarray(x.data))) for x in run.rounds.addressable_shards))
         if ended == n:
             break
     run = rt.gather(run)
