@@ -355,12 +355,11 @@ class Runtime:
         device), or a pytree prefix of ``local`` (a pytree) of axes.
         """
         import jax
-        import jax.numpy as jnp
         from jax.sharding import NamedSharding
 
         def one(axis, x):
             if not self.sharded:
-                return jnp.asarray(x)
+                return jax.device_put(x)  # as jnp.asarray, without compiling a program per shape
             x = np.asarray(x)
             if axis is None:
                 return jax.make_array_from_process_local_data(NamedSharding(self.mesh, _spec(None)), x, x.shape)
@@ -373,11 +372,10 @@ class Runtime:
     def replicate(self, tree: Any):
         """The same value on every device of the run (every process passes the same value)."""
         import jax
-        import jax.numpy as jnp
         from jax.sharding import NamedSharding, PartitionSpec
 
         if not self.sharded:
-            return jax.tree_util.tree_map(jnp.asarray, tree)
+            return jax.tree_util.tree_map(jax.device_put, tree)  # as jnp.asarray, compiling nothing
         sharding = NamedSharding(self.mesh, PartitionSpec())
         return jax.tree_util.tree_map(
             lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x)), tree

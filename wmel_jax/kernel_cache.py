@@ -24,7 +24,8 @@ A stored program is valid only for the code and configuration that traced it.
 Its file name is the sha256 of everything it depends on (:func:`disk_key`):
 the format version; the kernel's identity, its qualified name and the content
 of everything it closes over (:func:`content_key`: code, constants, arrays,
-the oracle's configuration and MuJoCo model); the sha256 of every source file
+the oracle's configuration and its MuJoCo model's sha256, so a hit needs
+neither MJX nor the networks' flax modules); the sha256 of every source file
 of the wmel_jax package; the versions of Python, jax, jaxlib, mujoco,
 mujoco-mjx, dm-control, flax and numpy; the backend, device kind, the
 effective 64-bit mode and every JAX setting but those about caching, logging

@@ -98,9 +98,9 @@ def sample_states(
             rt.placement((0, 0, None), 0),
         )
         obs = kernel(rt.put(reset_keys[take]), rt.put(indices[take]), shared)  # (E', reset_every, obs_dim)
-        if rt.process_count > 1:
-            obs = jnp.asarray(rt.gather(obs))
-    return obs[:episodes].reshape(episodes * reset_every, -1)[:n]
+        obs = np.asarray(rt.gather(obs) if rt.process_count > 1 else obs)
+    # Cut on the host (eager jax slicing would compile a program per shape), then back as a jax array.
+    return jax.device_put(obs[:episodes].reshape(episodes * reset_every, -1)[:n])
 
 
 def _is_tracer(x: Any) -> bool:

@@ -17,22 +17,23 @@ Nothing here imports torch.
 from __future__ import annotations
 
 from wmel_jax.model.arch import Arch, param_shapes
-from wmel_jax.model.networks import (
-    decode,
-    encode,
-    init_params,
-    next_latent,
-    policy_mean,
-    predict,
-    q_logits,
-    q_values,
-    reward,
-    reward_logits,
-    termination,
-    two_hot_inv,
-)
 from wmel_jax.model.protocol import WorldModelFunctions, functions_of
 from wmel_jax.model.world_model import WorldModel, load, stack_params
+
+#: The functional API, from :mod:`wmel_jax.model.networks`, imported on first use
+#: (it imports flax, which loading a model does not need).
+_NETWORKS = frozenset({
+    "decode", "encode", "init_params", "next_latent", "policy_mean", "predict", "q_logits", "q_values", "reward",
+    "reward_logits", "termination", "two_hot_inv",
+})
+
+
+def __getattr__(name: str):
+    if name in _NETWORKS:
+        from wmel_jax.model import networks
+
+        return getattr(networks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "load",

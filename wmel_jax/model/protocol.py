@@ -50,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-from typing import Any, Callable, Hashable, Protocol
+from typing import Any, Callable, Hashable, Iterator, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -181,13 +181,23 @@ class LoadedWorldModel(Protocol):
 
 
 @functools.lru_cache(maxsize=None)
-def _families() -> tuple[Any, ...]:
-    return tuple(importlib.import_module(name) for name in FAMILY_MODULES)
+def _families() -> tuple[str, ...]:
+    return tuple(FAMILY_MODULES)
+
+
+def _family_modules() -> Iterator[Any]:
+    """The family modules in FAMILY_MODULES order, each imported when the search reaches it.
+
+    A search stops at its match, so a TD-MPC2 model never imports DreamerV3's
+    module (nor the flax it imports at module level).
+    """
+    for name in _families():
+        yield importlib.import_module(name)
 
 
 def family_of(config: Any) -> Any:
     """The family module whose configuration type ``config`` is; TypeError for none."""
-    for module in _families():
+    for module in _family_modules():
         if isinstance(config, module.CONFIG_TYPE):
             return module
     raise TypeError(f"no world-model family has the configuration type {type(config).__qualname__}")
@@ -195,7 +205,7 @@ def family_of(config: Any) -> Any:
 
 def family_for_schema(schema: Any) -> Any:
     """The family module that reads converted files of ``schema`` (``header["schema"]``); None for none."""
-    for module in _families():
+    for module in _family_modules():
         if schema in module.SCHEMAS:
             return module
     return None

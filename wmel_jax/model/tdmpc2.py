@@ -19,7 +19,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from wmel_jax.model import networks
 from wmel_jax.model.arch import Arch, check_params, param_shapes
 from wmel_jax.model.protocol import WorldModelFunctions
 
@@ -35,6 +34,9 @@ LAYOUTS = ("adapter", "current", "older")
 FILE_VERSION = 1
 CONFIG_TYPE = Arch
 config_from_dict = Arch.from_dict
+
+# The networks (and flax) are imported inside the functions below, when a kernel is traced:
+# a run whose kernels are all read from the cache never imports flax.
 
 
 def check_config(arch: Arch) -> str | None:
@@ -68,21 +70,29 @@ def model_action(arch: Arch, params: Any, task: Any, action: jax.Array) -> jax.A
 
 def encode(arch: Arch, params: Any, task: Any, obs: jax.Array) -> jax.Array:
     """obs: (N, task obs_dim) -> z: (N, latent_dim)."""
+    from wmel_jax.model import networks  # flax: only when traced
+
     return networks.encode(arch, params, model_obs(arch, obs), task)
 
 
 def latent_step(arch: Arch, params: Any, task: Any, z: jax.Array, action: jax.Array) -> jax.Array:
     """z: (N, latent_dim), action: (N, task action_dim) -> (N, latent_dim)."""
+    from wmel_jax.model import networks  # flax: only when traced
+
     return networks.next_latent(arch, params, z, model_action(arch, params, task, action), task)
 
 
 def decode(arch: Arch, params: Any, task: Any, z: jax.Array) -> jax.Array:
     """z: (N, latent_dim) -> obs: (N, obs_dim) (adapter schema: single-task)."""
+    from wmel_jax.model import networks  # flax: only when traced
+
     return networks.decode(arch, params, z)
 
 
 def reward(arch: Arch, params: Any, task: Any, z: jax.Array, action: jax.Array, next_z: Any = None) -> jax.Array:
     """TD-MPC2's reward head reads (z, action): (N, latent_dim), (N, task action_dim) -> (N,)."""
+    from wmel_jax.model import networks  # flax: only when traced
+
     return networks.reward(arch, params, z, model_action(arch, params, task, action), task)
 
 

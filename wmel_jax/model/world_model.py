@@ -10,6 +10,7 @@ their params (:func:`stack_params`) and ``jax.vmap`` the functional API.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Sequence
 
@@ -18,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from wmel_jax.errors import WmelError
-from wmel_jax.model import networks
 from wmel_jax.model.arch import Arch, unflatten_params
 from wmel_jax.model.fileformat import read_model_file
 
@@ -26,16 +26,23 @@ __all__ = ["WorldModel", "load", "stack_params"]
 
 # One jitted function per network function; jax caches compilations per
 # (static Arch, input shapes/dtypes), so checkpoints of one arch share them.
-_encode = jax.jit(networks.encode, static_argnums=0)
-_next = jax.jit(networks.next_latent, static_argnums=0)
-_decode = jax.jit(networks.decode, static_argnums=0)
-_predict = jax.jit(networks.predict, static_argnums=0)
-_reward = jax.jit(networks.reward, static_argnums=0)
-_reward_logits = jax.jit(networks.reward_logits, static_argnums=0)
-_q_values = jax.jit(networks.q_values, static_argnums=0)
-_q_logits = jax.jit(networks.q_logits, static_argnums=0)
-_policy_mean = jax.jit(networks.policy_mean, static_argnums=0)
-_termination = jax.jit(networks.termination, static_argnums=0)
+# Made on first use: the networks import flax, which loading a model and a run
+# whose kernels are all cached never need.
+_JITTED = {"_encode": "encode", "_next": "next_latent", "_decode": "decode", "_predict": "predict", "_reward": "reward", "_reward_logits": "reward_logits", "_q_values": "q_values", "_q_logits": "q_logits", "_policy_mean": "policy_mean", "_termination": "termination"}
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(name: str):
+    """``jax.jit(networks.<name>, static_argnums=0)``, one per process."""
+    from wmel_jax.model import networks
+
+    return jax.jit(getattr(networks, name), static_argnums=0)
+
+
+def __getattr__(name: str):
+    if name in _JITTED:  # world_model._encode and the like
+        return _jitted(_JITTED[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -169,56 +176,56 @@ class WorldModel:
     # --------------------------------------------------------------- networks
     def encode(self, obs: Any, task: int | str | None = None) -> jax.Array:
         """obs: (N, obs_dim) -> z: (N, latent_dim)."""
-        return _encode(self.arch, self.params, self._pad(obs, self.arch.obs_dim, "obs"), self._t(task))
+        return _jitted("encode")(self.arch, self.params, self._pad(obs, self.arch.obs_dim, "obs"), self._t(task))
 
     def next(self, z: Any, action: Any, task: int | str | None = None) -> jax.Array:
         """z: (N, latent_dim), action: (N, action_dim) -> next z: (N, latent_dim)."""
         a = self._pad(action, self.arch.action_dim, "action")
-        return _next(self.arch, self.params, z, a, self._t(task))
+        return _jitted("next_latent")(self.arch, self.params, z, a, self._t(task))
 
     def decode(self, z: Any) -> jax.Array:
         """z: (N, latent_dim) -> obs: (N, obs_dim). Adapter schema only."""
         self._need(self.arch.has_decoder, "decode")
-        return _decode(self.arch, self.params, z)
+        return _jitted("decode")(self.arch, self.params, z)
 
     def predict(self, obs: Any, action: Any) -> jax.Array:
         """decode(next(encode(obs), action)): (N, obs_dim), (N, action_dim) -> (N, obs_dim)."""
         self._need(self.arch.has_decoder, "predict")
-        return _predict(self.arch, self.params, obs, action, None)
+        return _jitted("predict")(self.arch, self.params, obs, action, None)
 
     def reward(self, z: Any, action: Any, task: int | str | None = None) -> jax.Array:
         """Predicted reward: (N, latent_dim), (N, action_dim) -> (N,). Upstream schema only."""
         self._need(self.arch.has_reward, "reward")
         a = self._pad(action, self.arch.action_dim, "action")
-        return _reward(self.arch, self.params, z, a, self._t(task))
+        return _jitted("reward")(self.arch, self.params, z, a, self._t(task))
 
     def reward_logits(self, z: Any, action: Any, task: int | str | None = None) -> jax.Array:
         """(N, latent_dim), (N, action_dim) -> (N, num_bins)."""
         self._need(self.arch.has_reward, "reward_logits")
         a = self._pad(action, self.arch.action_dim, "action")
-        return _reward_logits(self.arch, self.params, z, a, self._t(task))
+        return _jitted("reward_logits")(self.arch, self.params, z, a, self._t(task))
 
     def q_values(self, z: Any, action: Any, task: int | str | None = None) -> jax.Array:
         """Every Q head: (N, latent_dim), (N, action_dim) -> (num_q, N)."""
         self._need(self.arch.has_q, "q_values")
         a = self._pad(action, self.arch.action_dim, "action")
-        return _q_values(self.arch, self.params, z, a, self._t(task))
+        return _jitted("q_values")(self.arch, self.params, z, a, self._t(task))
 
     def q_logits(self, z: Any, action: Any, task: int | str | None = None) -> jax.Array:
         """(N, latent_dim), (N, action_dim) -> (num_q, N, num_bins)."""
         self._need(self.arch.has_q, "q_logits")
         a = self._pad(action, self.arch.action_dim, "action")
-        return _q_logits(self.arch, self.params, z, a, self._t(task))
+        return _jitted("q_logits")(self.arch, self.params, z, a, self._t(task))
 
     def policy_mean(self, z: Any, task: int | str | None = None) -> jax.Array:
         """The policy prior's mean action tanh(mu) (masked per task): (N, latent_dim) -> (N, action_dim)."""
         self._need(self.arch.has_pi, "policy_mean")
-        return _policy_mean(self.arch, self.params, z, self._t(task))
+        return _jitted("policy_mean")(self.arch, self.params, z, self._t(task))
 
     def termination(self, z: Any, task: int | str | None = None) -> jax.Array:
         """Termination probability (episodic models): (N, latent_dim) -> (N,)."""
         self._need(self.arch.has_termination, "termination")
-        return _termination(self.arch, self.params, z, self._t(task))
+        return _jitted("termination")(self.arch, self.params, z, self._t(task))
 
     def _need(self, ok: bool, method: str) -> None:
         if not ok:
@@ -248,7 +255,9 @@ def load(path: str | os.PathLike):
     from wmel_jax.model.protocol import family_for_schema
 
     header, arch, flat = read_model_file(path)
-    params = unflatten_params({k: jnp.asarray(v) for k, v in flat.items()})
+    # One transfer for every tensor (jnp.asarray would compile and run one XLA program per shape);
+    # copied, not aliasing the file's buffer.
+    params = unflatten_params(jax.device_put(flat, may_alias=False))
     return family_for_schema(header["schema"]).loaded_model(header, arch, params, path)
 
 

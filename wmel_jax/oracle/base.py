@@ -49,6 +49,7 @@ import contextlib
 import functools
 import hashlib
 import importlib.util
+import threading
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Literal
 
@@ -58,7 +59,18 @@ import mujoco
 import numpy as np
 
 from wmel_jax.errors import WmelError
-from wmel_jax.oracle._mjx import mjx
+
+
+class _LazyMjx:
+    """``mujoco.mjx``, imported on first use (it is only needed to trace the physics)."""
+
+    def __getattr__(self, name: str):
+        from wmel_jax.oracle._mjx import mjx as module
+
+        return getattr(module, name)
+
+
+mjx = _LazyMjx()
 
 __all__ = [
     "PRECISIONS",
@@ -265,18 +277,57 @@ class Physics:
     jitted kernels). Holds the mjx.Model; build with :func:`physics_for`.
     """
 
+    #: What :meth:`_build` sets: MJX's model and everything read from it.
+    _BUILT = frozenset({"model", "template", "solver", "factor", "_has_constraints", "_integrator", "_small_dense",
+                        "_smooth_state", "_kinematics_state"})
+
     def __init__(self, task: TaskDef, mj_model, precision: Precision, solver: str | None = None, factor: str | None = None):
         self.task = task
         self.precision = precision
         self.dtype = _DTYPES[precision]
+        self._mj_model = mj_model
+        self._requested = (solver, factor)
+        self._build_lock = threading.Lock()
+        # The MuJoCo model by content (sha256 of its binary MJB form), as put
+        # on the device: every number of it is baked into traced programs.
+        buffer = np.empty(mujoco.mj_sizeModel(mj_model), np.uint8)
+        mujoco.mj_saveModel(mj_model, None, buffer)
+        self._model_sha256 = hashlib.sha256(buffer.tobytes()).hexdigest()
+        # MJX (its import and the mjx.Model) is needed only to trace: a run whose
+        # kernels are all read from the cache never builds it (see __getattr__).
+        # A path asked for by name is checked against the model now.
+        if solver is not None or factor is not None:
+            self._build()
+
+    def __getattr__(self, name: str):
+        # Only for attributes not set yet: the MJX side, built on first use.
+        if name in Physics._BUILT:
+            self._build()
+            return object.__getattribute__(self, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _build(self) -> None:
+        """Put the model on the device with MJX and pick the solver and factor paths (once, thread-safe)."""
+        with self._build_lock:
+            if "model" in self.__dict__:
+                return
+            # Built where it is first needed, possibly inside a trace: the model's
+            # arrays are concrete constants, in the physics' own precision.
+            with jax.ensure_compile_time_eval(), precision_scope(self.precision):
+                self._build_mjx()
+
+    def _build_mjx(self) -> None:
+        from wmel_jax.oracle._mjx import mjx
+
+        task, mj_model, (solver, factor) = self.task, self._mj_model, self._requested
         # This process's own device: MJX's default, jax.devices()[0], belongs to process 0
         # in a run of several processes (the arrays are constants of the kernels anyway).
         device = jax.local_devices()[0]
-        self.model = mjx.put_model(mj_model, device=device)
-        self.template = mjx.make_data(self.model, device=device)
-        m = self.model
-        efc_type = np.asarray(self.template._impl.efc_type)
-        self._has_constraints = efc_type.size > 0
+        model = mjx.put_model(mj_model, device=device)
+        template = mjx.make_data(model, device=device)
+        m = model
+        efc_type = np.asarray(template._impl.efc_type)
+        has_constraints = efc_type.size > 0
         single_limit = efc_type.size == 1 and int(efc_type[0]) in (
             int(mjx.ConstraintType.LIMIT_JOINT),
             int(mjx.ConstraintType.LIMIT_TENDON),
@@ -285,13 +336,11 @@ class Physics:
             solver = "single_row" if single_limit else "mjx"
         if solver not in ("single_row", "mjx") or (solver == "single_row" and not single_limit):
             raise ValueError(f"{task.name}: solver {solver!r} does not apply to this model")
-        #: "single_row": the exact one-limit-row solve; "mjx": MJX's solver (any model).
-        self.solver = solver
-        self._integrator = int(m.opt.integrator)
-        if self._integrator not in (int(mjx.IntegratorType.EULER), int(mjx.IntegratorType.RK4)):
-            raise NotImplementedError(f"{task.name}: integrator {self._integrator} not supported by the oracle")
+        integrator = int(m.opt.integrator)
+        if integrator not in (int(mjx.IntegratorType.EULER), int(mjx.IntegratorType.RK4)):
+            raise NotImplementedError(f"{task.name}: integrator {integrator} not supported by the oracle")
         slide_hinge = np.isin(np.asarray(m.jnt_type), (int(mjx.JointType.SLIDE), int(mjx.JointType.HINGE))).all()
-        if self._integrator == int(mjx.IntegratorType.RK4) and (not slide_hinge or m.na):
+        if integrator == int(mjx.IntegratorType.RK4) and (not slide_hinge or m.na):
             # The batch RK4 below integrates positions as qpos + dt * qvel.
             raise NotImplementedError(f"{task.name}: batch RK4 supports slide/hinge joints without activations")
         small = (not mjx.is_sparse(m)) and m.nv <= SMALL_NV and slide_hinge and not m.na
@@ -299,6 +348,11 @@ class Physics:
             factor = "elementwise" if small else "lapack"
         if factor not in ("elementwise", "lapack") or (factor == "elementwise" and not small):
             raise ValueError(f"{task.name}: factor {factor!r} does not apply to this model")
+        self.template = template
+        self._has_constraints = has_constraints
+        #: "single_row": the exact one-limit-row solve; "mjx": MJX's solver (any model).
+        self.solver = solver
+        self._integrator = integrator
         #: "elementwise": a small dense model factors and solves with M via
         #: cholesky_upper (Euler written out for slide/hinge joints without
         #: activations); "lapack": MJX's own stages (any model).
@@ -313,16 +367,17 @@ class Physics:
         # (benchmarks/codegen.py). XLA inlines the calls: the results are
         # bit-identical to the stages traced in place (checked on all tasks).
         self._smooth_state = jax.jit(self._smooth_small_state if self._small_dense else self._smooth_general_state)
-        self._kinematics_state = jax.jit(functools.partial(mjx.kinematics, self.model))
-        # The MuJoCo model by content (sha256 of its binary MJB form), as put
-        # on the device: every number of it is baked into traced programs.
-        buffer = np.empty(mujoco.mj_sizeModel(mj_model), np.uint8)
-        mujoco.mj_saveModel(mj_model, None, buffer)
-        self._model_sha256 = hashlib.sha256(buffer.tobytes()).hexdigest()
+        self._kinematics_state = jax.jit(functools.partial(mjx.kinematics, model))
+        self.model = model  # last: its presence says the build is complete
 
     def __wmel_cache_key__(self) -> tuple:
-        """What programs traced with this physics depend on besides the code (see wmel_jax.kernel_cache)."""
-        return (self.task, self.precision, self.solver, self.factor, self._model_sha256)
+        """What programs traced with this physics depend on besides the code (see wmel_jax.kernel_cache).
+
+        The solver and factor paths as asked for (None: the fastest exact ones
+        for the model): the paths picked follow from them, the model's content
+        and the code, all in the key, so the key needs no MJX.
+        """
+        return (self.task, self.precision, *self._requested, self._model_sha256)
 
     # -- state construction ------------------------------------------------
 
@@ -750,14 +805,18 @@ class Oracle:
         return (self.task, self.frame_skip, self.precision, self._physics.solver, self._physics.factor)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Oracle) and self._key() == other._key()
+        return self is other or (isinstance(other, Oracle) and self._key() == other._key())
 
     def __wmel_cache_key__(self) -> tuple:
-        """What the oracle's traced programs depend on besides the code (see wmel_jax.kernel_cache)."""
-        return (self._key(), self._physics, self._chunk)
+        """What the oracle's traced programs depend on besides the code (see wmel_jax.kernel_cache).
+
+        The physics' paths as asked for (see :meth:`Physics.__wmel_cache_key__`): no MJX needed.
+        """
+        return ((self.task, self.frame_skip, self.precision), self._physics, self._chunk)
 
     def __hash__(self) -> int:
-        return hash(self._key())
+        # Without the physics' paths: hashing (lru_cache keys) must not build the MJX model.
+        return hash((self.task, self.frame_skip, self.precision))
 
     def __repr__(self) -> str:
         return f"Oracle(task={self.task!r}, frame_skip={self.frame_skip}, precision={self.precision!r})"
