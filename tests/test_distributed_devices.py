@@ -153,7 +153,7 @@ def four_devices_cpg(tmp_path_factory) -> dict:
     return json.loads(out.read_text())
 
 
-@pytest.mark.slow  # both arms compiled for two meshes: ~2 minutes on 2 shared cores
+@pytest.mark.slow  # both arms compiled for two meshes: 39-283 s on 2 shared cores (load 4-8)
 def test_cpg_on_four_devices_gives_the_one_device_episodes(four_devices_cpg):
     """``run_cpg`` (both arms, the shipped reacher example), 7 episodes x 20 steps, on 4 devices and on 1.
 

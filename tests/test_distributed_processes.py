@@ -251,7 +251,7 @@ def cpg_runs(tmp_path_factory) -> dict:
     return out
 
 
-@pytest.mark.slow  # both arms compiled in 3 processes: ~3 minutes on 2 shared cores
+@pytest.mark.slow  # both arms compiled in 3 processes: 79-343 s on 2 shared cores (load 4-8)
 def test_cpg_as_two_processes_writes_the_single_process_file(cpg_runs):
     code, _, err = cpg_runs["single"]
     assert code == 0, err[-3000:]
