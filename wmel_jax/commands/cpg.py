@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="episodes in flight per kernel call; bounds memory (default 64 on CPU, 1024 on "
                         "accelerators); results do not depend on it")
     _common.add_runtime_arguments(parser, chunk_states=False)
+    _common.add_distributed_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,7 +76,11 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         chunk_episodes=args.chunk_episodes,
     )
+    from wmel_jax.distributed import is_writer
+
     reports = run_cpg(opts, progress=_common.progress_bar())
+    if not is_writer():  # process 0 of a distributed run prints and writes for all
+        return 0
     for report in reports:
         sys.stdout.write(format_cpg_table(report))
     if args.output:
