@@ -147,8 +147,62 @@ def quick(path: str) -> None:
         out[devices] = {"sums": {k: [np.asarray(v.total).tolist(), np.asarray(v.count).tolist()]
                                  for k, v in sums.items()}, "metrics": metrics,
                         "layout": [list(p) for p in rt.layout(QUICK_N, chunk).parts()]}
-    Path(path).write_text(json.dumps({"devices": len(jax.devices()), "runs": out}, indent=1))
+    Path(path).write_text(json.dumps({"devices": len(jax.devices()), "runs": out, "toy_episodes": toy_episodes()},
+                                     indent=1))
+
+
+def toy_episodes() -> dict:
+    """cpg's episode kernel with tests/test_cpg.py's toy env and planner (no physics: compiles in a second).
+
+    7 episodes on 1 device (3 slots), 4 (8 slots: 2 per device, shares of 2) and 3 (3 slots, shares of 3), the
+    last share short: "DxE" -> [success, steps, plan_calls, slot_rounds, slots].
+    """
+    from wmel_jax import distributed
+    from wmel_jax.planning import episodes as EP
+
+    out = {}
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_cpg import TOY_ACTIONS, TOY_FAST, _toy_kernel
+
+    kernel, _ = _toy_kernel("random-shooting")
+    start = np.random.default_rng(0).integers(-6, 7, (7, 2)).astype(np.float64)
+    for devices, chunk in ((1, 3), (4, 8), (3, 3)):  # each a compilation: a few
+        rt = distributed.Runtime(tuple(jax.devices()[:devices]))
+        r = EP.run_arm(kernel, None, None, start, 4, TOY_ACTIONS, 9, chunk, dtype=np.float64,
+                       compiler_options=TOY_FAST, runtime=rt)
+        out[f"{devices}x{chunk}"] = [r.success.tolist(), r.steps.tolist(), r.plan_calls.tolist(), r.slot_rounds,
+                                     r.chunk]
+    return out
+
+
+#: The cpg check: 7 episodes (shares of 2 on 4 devices, the last one short), 20 env steps each,
+#: 4 episodes in flight per process (1 slot per device on 4: freed slots take the share's next episode).
+CPG_EPISODES, CPG_HORIZON, CPG_CHUNK = 7, 20, 4
+
+
+def cpg(path: str) -> None:
+    """``run_cpg`` (both arms, the shipped reacher example) on 1 device and on 4: the per-episode results.
+
+    No cache (the API enables none): the 4-device run computes its oracle arm, it does not read the first's.
+    """
+    from wmel_jax import distributed
+    from wmel_jax.planning import cpg as C
+
+    assert len(jax.devices()) == 4, jax.devices()
+    out: dict = {"devices": len(jax.devices()), "runs": {}}
+    opts = C.CPGOptions([str(EXAMPLE)], episodes=CPG_EPISODES, horizon=CPG_HORIZON, chunk_episodes=CPG_CHUNK)
+    for devices in (1, 4):
+        distributed.configure(devices)
+        report = C.run_cpg(opts)[0]
+        out["runs"][devices] = {
+            "oracle": report["oracle_full"]["results"], "learned": report["learned_full"]["results"],
+            "runtime": report["config"]["runtime"], "cpg": report["cpg"], "paired": report["paired"],
+            "oracle_from_cache": report["timings"]["oracle_from_cache"],
+            "rounds": [report["oracle_scorecard"]["rounds"], report["learned_scorecard"]["rounds"]],
+        }
+    Path(path).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
-    (quick if sys.argv[2:] == ["quick"] else main)(sys.argv[1])
+    mode = sys.argv[2] if len(sys.argv) > 2 else "main"
+    {"quick": quick, "cpg": cpg, "main": main}[mode](sys.argv[1])

@@ -124,3 +124,51 @@ def test_quick_four_devices_model_kernel_is_bit_for_bit_on_an_uneven_batch(four_
     assert four["sums"] == one["sums"]  # per-episode partial sums, float64 on the host: exactly equal
     assert one["sums"]["m2"][1] == [3, 3, 1]  # states per episode
     assert four["metrics"] == one["metrics"]  # and so the metrics, their intervals and sds
+
+
+def test_quick_cpg_episodes_over_devices_are_the_one_device_run(four_devices_quick):
+    """cpg's episode kernel (the toy env of tests/test_cpg.py) on 1 device, on 4 and on 3.
+
+    7 episodes: shares of 3 (3 devices) and 2 (4 devices), the last device's short. Every episode's
+    keys are its index in the whole run's, so each one takes the same plan calls and steps to the
+    same outcome on any device count; every planned slot-round is a plan call.
+    """
+    runs = four_devices_quick["toy_episodes"]
+    one = runs["1x3"]
+    assert {*one[0]} == {True, False}  # some episodes succeed, some run out of steps
+    for name, (success, steps, plan_calls, slot_rounds, slots) in runs.items():
+        assert [success, steps, plan_calls] == one[:3], name
+        assert slot_rounds == sum(plan_calls), name
+    assert runs["4x8"][4] == 8 and runs["3x3"][4] == 3  # 2 slots per device; 1 per device
+
+
+@pytest.fixture(scope="module")
+def four_devices_cpg(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("devices-cpg") / "summary.json"
+    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"),
+               WMEL_JAX_CACHE_DIR="off")
+    proc = subprocess.run([sys.executable, str(CHECK), str(out), "cpg"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow  # both arms compiled for two meshes: 39-283 s on 2 shared cores (load 4-8)
+def test_cpg_on_four_devices_gives_the_one_device_episodes(four_devices_cpg):
+    """``run_cpg`` (both arms, the shipped reacher example), 7 episodes x 20 steps, on 4 devices and on 1.
+
+    The oracle arm: each device runs the one-device program on its episodes, float64 physics per
+    row: the same per-episode results, bit for bit (success, steps, plan calls are integers). The
+    learned arm: the model's float32 matmuls see batches of another size (1 slot per device against
+    4 in one), which XLA may round differently (SHARDED_RTOL's note); an outcome could then only
+    differ where two candidates' predicted scores tie to float32 rounding. Measured: none differs
+    here, so the test asserts equality; a difference would be a tie to look at, not a tolerance.
+    """
+    one, four = four_devices_cpg["runs"]["1"], four_devices_cpg["runs"]["4"]
+    assert not one["oracle_from_cache"] and not four["oracle_from_cache"]  # both runs computed the oracle arm
+    assert one["runtime"]["devices"] == 1 and four["runtime"]["devices"] == 4
+    assert four["runtime"]["devices_per_process"] == 4 and four["runtime"]["processes"] == 1
+    assert four["oracle"] == one["oracle"]
+    assert four["learned"] == one["learned"]
+    assert four["cpg"] == one["cpg"] and four["paired"] == one["paired"]
+    assert {r["success"] for r in one["oracle"]} == {True, False}  # not a trivial run

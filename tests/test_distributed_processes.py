@@ -4,7 +4,8 @@
   here, 2 small cells; states), and process 0 alone writes it;
 - the persistent cache, written by several processes at once into one folder (a single-process run
   beside a distributed one, each of whose processes writes too), stays intact and serves a later run;
-- a process that dies ends the others within a bounded time, with one ``wmel-jax: error:`` line.
+- a process that dies ends the others within a bounded time, with one ``wmel-jax: error:`` line;
+- ``wmel-jax cpg`` as 2 processes (each runs its share of the episodes) writes the single-process file.
 
 Every wait has a timeout. Each process is a ``wmel-jax`` CLI subprocess. The runs whose reports are
 compared compile every kernel in several processes (minutes on 2 cores): ``slow`` (``-m slow``), as is the
@@ -79,10 +80,11 @@ def _finish(procs: list[subprocess.Popen], timeout: float = RUN_TIMEOUT) -> list
     return out
 
 
-def _distributed(n: int, *argv, port: int | None = None, peer_timeout: int = 30) -> list[subprocess.Popen]:
+def _distributed(n: int, *argv, port: int | None = None, peer_timeout: int = 30, command: str = "eval"
+                 ) -> list[subprocess.Popen]:
     port = port or _free_port()
     return [
-        _start(["eval", *argv, "--coordinator", f"127.0.0.1:{port}", "--num-processes", n, "--process-id", i,
+        _start([command, *argv, "--coordinator", f"127.0.0.1:{port}", "--num-processes", n, "--process-id", i,
                 "--peer-timeout", peer_timeout])
         for i in range(n)
     ]
@@ -216,3 +218,51 @@ def _wait_for(proc: subprocess.Popen, text: str, timeout: float) -> bool:
             if text.encode() in seen:
                 return True
     return False
+
+
+#: The cpg runs: both arms, 5 episodes (shares of 3 and 2) of 20 steps, 4 in flight per process.
+CPG_ARGS = ["--episodes", "5", "--horizon", "20", "--chunk-episodes", "4"]
+#: Scorecard fields of how an arm ran (plan rounds, idle slots, time), not what its episodes did.
+_HOW_IT_RAN = ("rounds", "masked_slot_fraction", "average_planning_latency_ms", "plan_calls_per_s")
+
+
+def _comparable_cpg(report: dict) -> dict:
+    """A CPG JSON without when, how long and on which devices (rounds and idle slots depend on the slots)."""
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in ("generated_at", "timings", "runtime", *_HOW_IT_RAN)}
+        return [strip(v) for v in x] if isinstance(x, list) else x
+
+    return strip(report)
+
+
+@pytest.fixture(scope="module")
+def cpg_runs(tmp_path_factory) -> dict:
+    """cpg on the good reacher example: one process (the shared cache), then 2 processes without a cache
+    (so their oracle arm is computed, not read from the first run's)."""
+    from test_distributed_devices import shared_cache
+
+    root = tmp_path_factory.mktemp("cpg-processes")
+    model = MODELS[0]
+    out = {"root": root}
+    out["single"] = _finish([_start(["cpg", model, *CPG_ARGS, "-o", root / "single.json", "--cache-dir",
+                                     shared_cache(tmp_path_factory)])])[0]
+    out["two"] = _finish(_distributed(2, model, *CPG_ARGS, "-o", root / "two.json", "--no-cache", command="cpg"))
+    return out
+
+
+@pytest.mark.slow  # both arms compiled in 3 processes: 79-343 s on 2 shared cores (load 4-8)
+def test_cpg_as_two_processes_writes_the_single_process_file(cpg_runs):
+    code, _, err = cpg_runs["single"]
+    assert code == 0, err[-3000:]
+    (code0, out0, err0), (code1, out1, err1) = cpg_runs["two"]
+    assert code0 == 0 and code1 == 0, (err0[-3000:], err1[-3000:])
+    single = json.loads((cpg_runs["root"] / "single.json").read_text())
+    two = json.loads((cpg_runs["root"] / "two.json").read_text())
+    assert not two["timings"]["oracle_from_cache"]
+    assert _comparable_cpg(two) == _comparable_cpg(single)
+    assert two["oracle_full"]["results"] == single["oracle_full"]["results"]  # (included above; the point)
+    assert two["config"]["runtime"]["processes"] == 2 and two["config"]["runtime"]["devices"] == 2
+    assert single["config"]["runtime"]["processes"] == 1
+    assert "wrote CPG JSON" in out0 and out1 == "", (out0, out1)  # process 0 prints and writes
+    assert "process 1 of 2: joined the run (2 cpu devices)" in err1

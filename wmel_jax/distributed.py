@@ -723,6 +723,43 @@ def initialize(settings: Settings) -> None:
             f" (the run's processes were taken from {settings.source}; pass --num-processes 1 to run alone)")
         raise WmelError(f"{settings.describe()}: could not join the distributed run at "
                         f"{settings.coordinator or '(detected address)'} within {5 * t} s: {first}{hint}") from None
+    _same_cpu_cache_keys()
+
+
+def _same_cpu_cache_keys() -> None:
+    """Give a CPU program of a multi-process run the same persistent-cache key in every process.
+
+    JAX writes its persistent compilation cache from process 0 only, and
+    expects the other processes to find the same entries: its key is the
+    same everywhere, except on CPU, where the key hashes the device
+    topology's fingerprint, which differs per process. So every process but
+    0 compiled every program again in every run (measured: 2 processes,
+    N = 5,000, warm cache: process 1 compiled for 43 s while process 0 read
+    its programs in 4 s and then waited for it at the first gather; 4
+    processes: three compiling at once on 2 cores). Here the CPU devices of
+    a program are hashed by what is the same in every process (each
+    device's kind, id and process), as JAX itself does for a backend without
+    a topology fingerprint; the compile options (hashed too) hold the device
+    assignment. A process other than 0 then loads process 0's executable,
+    as JAX's own ``jax_share_binary_between_hosts`` hands it one.
+    """
+    try:
+        from jax._src import cache_key
+    except ImportError:  # pragma: no cover - another jax than the pinned one: keys as JAX makes them
+        return
+    original = getattr(cache_key, "_hash_accelerator_config", None)
+    if original is None or getattr(original, "_wmel_jax", False):
+        return
+
+    def hash_accelerator_config(hash_obj, accelerators):
+        devices = list(np.asarray(accelerators, dtype=object).flat)
+        if not devices or any(d.platform != "cpu" for d in devices):
+            return original(hash_obj, accelerators)
+        for d in devices:
+            hash_obj.update(f"{d.device_kind}:{d.id}:{d.process_index};".encode())
+
+    hash_accelerator_config._wmel_jax = True
+    cache_key._hash_accelerator_config = hash_accelerator_config
 
 
 #: Exit statuses of a command that ran to its end (0; 1: models skipped, the same in every process):

@@ -48,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "accelerators); results do not depend on it")
     _common.add_runtime_arguments(parser, chunk_states=False)
     _common.add_output_arguments(parser)
+    _common.add_distributed_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,10 +78,14 @@ def run(args: argparse.Namespace) -> int:
         chunk_episodes=args.chunk_episodes,
     )
     from wmel_jax import kernel_cache
+    from wmel_jax.distributed import is_writer
     from wmel_jax.progress import Progress
 
-    progress = Progress(quiet=args.quiet, cached=kernel_cache.get_directory() is not None)
+    writer = is_writer()  # process 0 of a distributed run prints, shows progress and writes for all
+    progress = Progress(quiet=args.quiet or not writer, cached=kernel_cache.get_directory() is not None)
     reports = run_cpg(opts, progress=progress)
+    if not writer:
+        return 0
     for report in reports:
         sys.stdout.write(format_cpg_table(report, timings=args.timings))
     if args.output:

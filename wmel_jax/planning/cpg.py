@@ -487,10 +487,17 @@ def _work(opts: CPGOptions, say: Callable[[str], None], progress: Any,
           seed: int, arms: tuple[str, ...]) -> tuple[list[tuple[int, dict[str, Any]]], list[Path]]:
     import jax
 
+    from wmel_jax import distributed
     from wmel_jax.oracle import DEFAULT_PRECISION, make_oracle
     from wmel_jax.oracle.base import precision_scope
     from wmel_jax.pipeline import Skips, load_models, resolve_task, select_models
 
+    # Every device of every process runs its share of the episodes (run_arm); process 0 writes.
+    rt = distributed.runtime()
+    writer = distributed.is_writer()
+    from wmel_jax.progress import as_progress
+
+    progress = as_progress(progress if writer else None)  # process 0 alone shows progress
     t_start = time.perf_counter()
     # The pipeline's stages, as eval runs them: a model that cannot plan is skipped with its
     # reason while the others run (with one model, its reason is the error).
@@ -516,8 +523,10 @@ def _work(opts: CPGOptions, say: Callable[[str], None], progress: Any,
             start = start_states(oracle, seed, n)
         t_states = time.perf_counter()
 
-        def arm_progress(ended: int, total: int, rounds: int) -> None:
+        def show_rounds(ended: int, total: int, rounds: int) -> None:
             progress.bar(ended, total, f"episodes ended, {rounds:,} plan rounds")
+
+        arm_progress = show_rounds if writer else None
 
         what = f"{n:,} episodes x {horizon:,} steps, {config.describe()}"
 
@@ -528,6 +537,8 @@ def _work(opts: CPGOptions, say: Callable[[str], None], progress: Any,
             kept = _oracle_cache_file(key)
             oracle_result = _read_oracle(kept, key)
             oracle_cached = oracle_result is not None
+            if rt.process_count > 1 and not all(distributed.allgather_json(oracle_cached)):
+                oracle_result, oracle_cached = None, False  # the arm is one collective run: all compute it, or none
             if oracle_cached:
                 progress.note(f"oracle arm read from the cache ({kept})")
             else:
@@ -535,8 +546,9 @@ def _work(opts: CPGOptions, say: Callable[[str], None], progress: Any,
                     oracle_result = run_arm(_oracle_arm_kernel(oracle, config), None, None, start, seed, actions,
                                             horizon, chunk, dtype=oracle.dtype,
                                             compiler_options=_compiler_options("oracle", config, min(chunk, n)),
-                                            progress=arm_progress)
-                _write_oracle(kept, key, oracle_result)
+                                            progress=arm_progress, runtime=rt)
+                if writer:
+                    _write_oracle(kept, key, oracle_result)
         learned: list[ArmResult | None] = []
         for i, m in enumerate(selected):
             if "learned" not in arms:
@@ -552,7 +564,7 @@ def _work(opts: CPGOptions, say: Callable[[str], None], progress: Any,
                                        start, seed, actions, horizon, chunk, dtype=oracle.dtype,
                                        compiler_options=_compiler_options("learned", config, min(chunk, n),
                                                                           m.model.arch),
-                                       progress=arm_progress))
+                                       progress=arm_progress, runtime=rt))
     t_done = time.perf_counter()
 
     run_config = {
@@ -571,6 +583,8 @@ def _work(opts: CPGOptions, say: Callable[[str], None], progress: Any,
         "start_states": "the task's reset distribution; episode k of seed s from a key that is a pure function of "
                         "(s, k), shared by both arms",
         "chunk_episodes": min(chunk, n),
+        "runtime": {**rt.describe(), "episode_split": "contiguous shares of ceil(n / devices) episodes per device, "
+                    "each with its own slots (ceil(chunk_episodes / devices_per_process))"},
     }
     reports = []
     for m, result in zip(selected, learned):
@@ -583,8 +597,9 @@ def _work(opts: CPGOptions, say: Callable[[str], None], progress: Any,
             timings["oracle_from_cache"] = oracle_cached  # its run_s is then the run that computed it
         reports.append(_report(m.label, m.model, run_config, config, oracle_result, result, timings))
 
-    # Outputs last: nothing is written unless everything above succeeded.
-    declared.write({m.index: r for m, r in zip(selected, reports)})
+    # Outputs last: nothing is written unless everything above succeeded; process 0 alone writes.
+    if writer:
+        declared.write({m.index: r for m, r in zip(selected, reports)})
     return [(m.index, r) for m, r in zip(selected, reports)], declared.paths
 
 

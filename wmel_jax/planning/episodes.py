@@ -31,6 +31,13 @@ many rounds a call runs. Both arms use the same keys (the reference seeds
 both arms' planners alike): the same start states, and common random numbers
 for the candidates.
 
+Over several devices (and processes), :func:`run_arm` gives each device a
+contiguous share of the episodes (:func:`device_shares`) with its own slots
+and queue, and runs this kernel under ``jax.shard_map``
+(:class:`wmel_jax.distributed.Placement`): a share's episodes keep their
+indices in the whole run (``Episodes.first``) for their keys, so the
+results are the one-device run's.
+
 Success: an env step's reward is the task's true reward (dm_control's, the
 oracle's ``step_reward``), averaged over the frame_skip physics steps the
 action is held (for frame_skip 1, dm_control's reward itself), compared with
@@ -65,6 +72,7 @@ __all__ = [
     "seed_words",
     "plan_key",
     "episode_kernel",
+    "device_shares",
     "run_arm",
 ]
 
@@ -135,7 +143,10 @@ class Episodes(NamedTuple):
     next_episode: () int32, the first episode not yet started; success,
     steps, plan_calls: (n,) per-episode results; ended: (n,) bool; rounds: ()
     int32 plan rounds run; slot_rounds: () int32 slot-rounds that planned for
-    a running episode (the rest of rounds x E is masked work).
+    a running episode (the rest of rounds x E is masked work); first: ()
+    int32 the run's index of episode 0 (its keys are episode ``first + k``'s:
+    a device's share of a larger run); count: () int32 episodes to run, the
+    first ``count`` of the n (the rest is padding, ended from the start).
     """
 
     slots: Slots
@@ -146,24 +157,31 @@ class Episodes(NamedTuple):
     ended: jax.Array
     rounds: jax.Array
     slot_rounds: jax.Array
+    first: jax.Array
+    count: jax.Array
 
 
-def initial_episodes(start_obs: np.ndarray, chunk: int) -> Episodes:
+def initial_episodes(start_obs: np.ndarray, chunk: int, first: int = 0, count: int | None = None) -> Episodes:
     """Slots holding episodes 0..E-1 (E = min(chunk, n)), the rest of the queue waiting.
 
-    start_obs: (n, obs_dim) every episode's start observation.
+    start_obs: (n, obs_dim) every episode's start observation; ``first``:
+    the run's index of episode 0; ``count`` (default n): the episodes to run,
+    the rest padding (ended, never started; their slots empty).
     """
     n = start_obs.shape[0]
+    count = n if count is None else count
     e = min(chunk, n)
     i32 = np.int32
+    index = np.arange(e, dtype=i32)
     slots = Slots(
-        episode=np.arange(e, dtype=i32),
+        episode=np.where(index < count, index, -1).astype(i32),
         obs=np.asarray(start_obs[:e]),
         steps=np.zeros(e, i32),
         plan_calls=np.zeros(e, i32),
     )
-    return Episodes(slots, np.asarray(e, i32), np.zeros(n, bool), np.zeros(n, i32), np.zeros(n, i32),
-                    np.zeros(n, bool), np.asarray(0, i32), np.asarray(0, i32))
+    return Episodes(slots, np.asarray(min(e, count), i32), np.zeros(n, bool), np.zeros(n, i32), np.zeros(n, i32),
+                    np.arange(n) >= count, np.asarray(0, i32), np.asarray(0, i32), np.asarray(first, i32),
+                    np.asarray(count, i32))
 
 
 #: Start states are drawn in blocks of this many episodes: one compiled kernel serves every n.
@@ -281,7 +299,7 @@ def episode_kernel(
         def one_round(run: Episodes) -> Episodes:
             s = run.slots
             running = s.episode >= 0
-            keys = jax.vmap(key_of)(jnp.maximum(s.episode, 0), s.plan_calls)
+            keys = jax.vmap(key_of)(run.first + jnp.maximum(s.episode, 0), s.plan_calls)
             chosen = plan(keys, step, score, s.obs, horizon - s.steps, actions, config, record=dynamics_is_env,
                           share_prefixes=share_prefixes)
             plan_calls = s.plan_calls + running
@@ -303,7 +321,7 @@ def episode_kernel(
             )
             # Each freed slot takes the next episode of the queue, in slot order.
             candidate = run.next_episode + jnp.cumsum(ended) - 1
-            takes = ended & (candidate < n)
+            takes = ended & (candidate < run.count)
             episode = jnp.where(ended, jnp.where(takes, candidate, -1), s.episode)
             fresh = start_obs[jnp.clip(candidate, 0, n - 1)]
             slots = Slots(
@@ -317,6 +335,8 @@ def episode_kernel(
                 (run.next_episode + jnp.sum(takes)).astype(jnp.int32),
                 rounds=run.rounds + 1,
                 slot_rounds=run.slot_rounds + jnp.sum(running).astype(jnp.int32),
+                first=run.first,
+                count=run.count,
                 **results,
             )
 
@@ -333,8 +353,10 @@ def episode_kernel(
 class ArmResult(NamedTuple):
     """One arm's episodes: success (n,) bool, steps (n,) int, plan_calls (n,) int; and how it ran.
 
-    rounds: plan rounds; slot_rounds: slot-rounds that planned for a running
-    episode (rounds x chunk minus the masked work); compile_s, run_s: seconds.
+    rounds: plan rounds (over several devices: the most any device ran);
+    slot_rounds: slot-rounds that planned for a running episode (rounds x
+    chunk minus the masked work, idle devices included); chunk: slots in
+    flight, over every device; compile_s, run_s: seconds.
     """
 
     success: np.ndarray
@@ -345,6 +367,21 @@ class ArmResult(NamedTuple):
     chunk: int
     compile_s: float
     run_s: float
+
+
+#: How an :class:`Episodes` run is placed over devices (:class:`wmel_jax.distributed.Placement`):
+#: each device runs its own share of the episodes (its own slots and queue; per-episode arrays
+#: and slots on axis 0, the scalars one per device).
+def _run_axes():
+    from wmel_jax.distributed import STACKED
+
+    return Episodes(Slots(0, 0, 0, 0), STACKED, 0, 0, 0, 0, STACKED, STACKED, STACKED, STACKED)
+
+
+def device_shares(n: int, n_devices: int) -> list[tuple[int, int]]:
+    """Each device's episodes [start, stop) of a run of n: contiguous shares of ceil(n / D) (the last ones short or empty)."""
+    share = -(-n // n_devices)
+    return [(min(g * share, n), min((g + 1) * share, n)) for g in range(n_devices)]
 
 
 def run_arm(
@@ -360,41 +397,77 @@ def run_arm(
     dtype: Any,
     compiler_options: dict | None = None,
     progress: Callable[[int, int, int], None] | None = None,
+    runtime: Any = None,
 ) -> ArmResult:
     """Run every episode of ``start_obs`` (n, obs_dim) through ``kernel`` (:func:`episode_kernel`).
 
-    ``chunk`` slots in flight; ``progress(episodes ended, n, rounds)`` after
-    each call. ``dtype``: the env's (the oracle's precision).
+    ``chunk`` slots in flight (per process: over several devices, each has
+    ``ceil(chunk / D)``); ``progress(episodes ended, n, rounds)`` after each
+    call. ``dtype``: the env's (the oracle's precision). ``runtime``
+    (:class:`wmel_jax.distributed.Runtime`; default the process's): over
+    D > 1 devices (of every process), device g runs episodes
+    :func:`device_shares` ``[g]`` with its own slots, as ``jax.shard_map`` of
+    the one-device kernel; an episode's keys are its index in the whole run's
+    (``first``), so it plans with the same candidates on any device count.
+    Every process returns every episode.
     """
-    start = initial_episodes(np.asarray(start_obs, dtype), chunk)
+    from wmel_jax import distributed
+
+    rt = distributed.runtime() if runtime is None else runtime
     n = start_obs.shape[0]
-    args = (
-        params,
-        task,
-        jax.tree_util.tree_map(jnp.asarray, start),
-        jnp.asarray(start_obs, dtype),
-        jnp.asarray(seed_words(seed)),
-        jnp.asarray(actions, dtype),
-        jnp.asarray(horizon, jnp.int32),
-    )
-    compiled, compile_s = kernel_cache.compiled(kernel, args, compiler_options)
-    run = args[2]
+    start_obs = np.asarray(start_obs, dtype)
+    shares = device_shares(n, rt.n_devices)
+    share = shares[0][1] - shares[0][0]
+    slots = min(-(-chunk // rt.devices_per_process), share) if rt.sharded else min(chunk, n)
+    local = range(rt.process_index * rt.devices_per_process, (rt.process_index + 1) * rt.devices_per_process)
+    if rt.sharded:
+        parts = []
+        for g in local:  # this process's devices' shares, padded to one shape
+            a, b = shares[g]
+            obs = start_obs[np.minimum(np.arange(a, a + share), n - 1)]
+            parts.append((obs, initial_episodes(obs, slots, first=a, count=b - a)))
+        own_obs = np.concatenate([p[0] for p in parts])
+        own_run = jax.tree_util.tree_map(lambda *xs: np.stack(xs) if np.ndim(xs[0]) == 0 else np.concatenate(xs),
+                                         *[p[1] for p in parts])
+        one_obs, one_run = parts[0]
+    else:
+        own_obs = one_obs = start_obs
+        own_run = one_run = initial_episodes(start_obs, slots)
+    shared = (params, task, jnp.asarray(seed_words(seed)), jnp.asarray(actions, dtype),
+              jnp.asarray(horizon, jnp.int32))
+    args = (shared[0], shared[1], jax.tree_util.tree_map(jnp.asarray, one_run), jnp.asarray(one_obs), *shared[2:])
+    axes = (None, None, _run_axes(), 0, None, None, None)
+    compiled, compile_s = kernel_cache.compiled(kernel, args, compiler_options, rt.placement(axes, _run_axes()))
+    if rt.sharded:
+        params_arg, task_arg, seed_arg, actions_arg, horizon_arg = rt.replicate(shared)
+        run, obs_arg = rt.put(own_run, _run_axes()), rt.put(own_obs)
+    else:
+        params_arg, task_arg, seed_arg, actions_arg, horizon_arg = shared
+        run, obs_arg = args[2], args[3]
+    padding = rt.n_devices * share - n if rt.sharded else 0
     t0 = time.perf_counter()
     while True:
-        run = compiled(args[0], args[1], run, *args[3:])
-        ended = int(jnp.sum(run.ended))  # waits for the call: the progress shown is real
-        if progress is not None:
-            progress(ended, n, int(run.rounds))
+        run = compiled(params_arg, task_arg, run, obs_arg, seed_arg, actions_arg, horizon_arg)
+        # Waits for the call (the progress shown is real); over processes, a sum over all of them.
+        ended = int(jnp.sum(run.ended)) - padding
+        if progress is not None:  # this process's devices' rounds (no collective: progress is process 0's alone)
+            progress(ended, n, max(int(np.max(np.asarray(x.data))) for x in run.rounds.addressable_shards))
         if ended == n:
             break
-    run = jax.device_get(run)
+    run = rt.gather(run)
+    if rt.sharded:
+        def rows(x):  # (D * share,) -> the run's n episodes, in order
+            x = np.asarray(x).reshape(rt.n_devices, share)
+            return np.concatenate([x[g, : b - a] for g, (a, b) in enumerate(shares)])
+    else:
+        rows = np.asarray  # noqa: E731
     return ArmResult(
-        success=np.asarray(run.success, bool),
-        steps=np.asarray(run.steps, np.int64),
-        plan_calls=np.asarray(run.plan_calls, np.int64),
-        rounds=int(run.rounds),
-        slot_rounds=int(run.slot_rounds),
-        chunk=int(start.slots.episode.shape[0]),
+        success=rows(run.success).astype(bool),
+        steps=rows(run.steps).astype(np.int64),
+        plan_calls=rows(run.plan_calls).astype(np.int64),
+        rounds=int(np.max(run.rounds)),
+        slot_rounds=int(np.sum(run.slot_rounds)),
+        chunk=slots * (rt.n_devices if rt.sharded else 1),
         compile_s=compile_s,
         run_s=time.perf_counter() - t0,
     )
