@@ -30,7 +30,7 @@ from wmel_jax.demo import EXAMPLES_DIR
 from wmel_jax.planning import cpg as C
 from wmel_jax.planning import episodes as EP
 
-from conftest import small_eval_args
+from conftest import small_eval_args, without_progress
 
 TASK = "cartpole-swingup"
 GOOD, WEAK = (str(EXAMPLES_DIR / f"{TASK}-{q}.safetensors") for q in ("good", "weak"))
@@ -106,6 +106,134 @@ def test_learned_arm_replays_the_reference_loop_with_the_same_candidates(both_ar
             got = results[k]
             assert (got["success"], got["steps"], got["plan_calls"]) == \
                 (ref["success"], ref["steps"], ref["plan_calls"]), k
+    finally:
+        torch.set_num_threads(threads)
+
+
+DREAMER = str(EXAMPLES_DIR / f"{TASK}-dreamerv3.safetensors")
+#: The DreamerV3 run's horizon (its episodes are replayed per call on the host: kept short).
+DREAMER_HORIZON = 20
+
+
+@pytest.fixture(scope="module")
+def dreamer_cli(tmp_path_factory):
+    """``wmel-jax cpg -q`` on the shipped DreamerV3 example (the suite's episodes, both arms): its JSON, the
+    XLA options its learned arm's kernel was compiled with, and what it printed (stdout, stderr)."""
+    import contextlib
+    import io
+
+    from wmel_jax import cli, kernel_cache
+
+    out = tmp_path_factory.mktemp("dreamer-cpg") / "dreamer.cpg.json"
+    options: list[dict] = []  # of each episode kernel with params (the learned arm's)
+    build = kernel_cache.compiled
+
+    def recording(kernel, args, compiler_options=None, *rest, **kw):
+        if "episode_kernel" in getattr(kernel, "__qualname__", "") and args[0] is not None:
+            options.append(dict(compiler_options or {}))
+        return build(kernel, args, compiler_options, *rest, **kw)
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        mp.setattr(kernel_cache, "compiled", recording)
+        code = cli.main(["cpg", DREAMER, "--episodes", str(N), "--chunk-episodes", str(CHUNK), "--horizon",
+                         str(DREAMER_HORIZON), "-o", str(out), "--no-cache", "-q"])
+    assert code == 0, stderr.getvalue()
+    return out, json.loads(out.read_text()), options, (stdout.getvalue(), stderr.getvalue())
+
+
+def test_quiet_prints_the_table_alone(dreamer_cli):
+    """``-q``: no progress on stderr; stdout is the table and the file written."""
+    out, doc, _, (stdout, stderr) = dreamer_cli
+    assert stderr == ""
+    assert stdout == C.format_cpg_table(doc) + f"wrote CPG JSON: {out}\n"
+
+
+class _BatchedProjection(RP.RandomShooting):
+    """The reference's random shooting with a DreamerV3 model's own projection (``predict``), every candidate
+    rolled in one batch per step (each candidate's value and cut still the reference's ``value_and_cut``)."""
+
+    def __init__(self, model, actions: np.ndarray):
+        super().__init__(None, R.task_score(TASK), actions.tolist())
+        self.model, self.table = model, actions
+
+    def plan(self, obs, steps_left, candidates=None):
+        h = min(self.horizon, steps_left)
+        seqs = np.asarray(candidates)[:, :h]
+        states, rolled = np.repeat(np.asarray([obs], np.float32), len(seqs), 0), []
+        for t in range(h):
+            states = np.asarray(self.model.predict(states, self.table[seqs[:, t]]))
+            rolled.append(states)
+        best, prefix = np.inf, []
+        for j, seq in enumerate(seqs):
+            path = iter([tuple(float(x) for x in rolled[t][j]) for t in range(h)])
+            value, cut = RP.value_and_cut(lambda _s, _a, path=path: next(path), self.score, obs, list(seq))
+            if value < best:
+                best, prefix = value, [self.actions[i] for i in seq[:cut]]
+        return prefix, {}
+
+
+def _replay(planner_step, actions, results, horizon: int) -> None:
+    """Each episode of ``results`` against the reference's per-call loop: ``planner_step`` plans (batch of 1;
+    or a planner), dm_control executes, the candidates are the kernel's draws (keys folded from (seed, episode,
+    call))."""
+    oracle = wmel_jax.make_oracle(TASK)
+    start = EP.start_states(oracle, 0, N)
+    planner = planner_step if isinstance(planner_step, RP.RandomShooting) else \
+        RP.RandomShooting(planner_step, R.task_score(TASK), actions)
+    for k in range(N):
+        def candidates(call, k=k):
+            return np.asarray(jax.random.randint(EP.plan_key(EP.seed_words(0), k, call), (50, 15), 0, len(actions),
+                                                 jnp.int32))
+
+        ref = RP.run_episode(TASK, RP.env_at(TASK, start[k]), start[k], planner, horizon=horizon,
+                             candidates=candidates)
+        got = results[k]
+        assert (got["success"], got["steps"], got["plan_calls"]) == (ref["success"], ref["steps"], ref["plan_calls"]), k
+
+
+def test_a_dreamer_plans_through_its_projection_compiled_with_its_familys_options(dreamer_cli, capsys, checkpoints):
+    """DreamerV3's learned arm: its plans are the Markovian projection's, compiled with the family's XLA options.
+
+    Episode by episode, the reference's per-call loop planning with the
+    loaded model's own projection (``DreamerV3Model.predict``, jitted with the
+    family's options; the candidates of a call in one batch) reaches the kernel's outcome, plan calls
+    and steps; the learned arm's kernel took those options (without them XLA's
+    CPU matmul fusion rounds float32 products 3x worse, flipping near-ties in
+    the categorical latents); the file feeds eval --downstream unchanged.
+    """
+    from wmel_jax import cli
+    from wmel_jax.model import dreamerv3 as D
+
+    out, doc, options, _ = dreamer_cli
+    family = D.xla_options()
+    assert options and all(family.items() <= o.items() for o in options), options
+    model = wmel_jax.load(DREAMER)
+    actions = [tuple(a) for a in R.default_actions(TASK)]
+    _replay(_BatchedProjection(model, np.asarray(actions, np.float32)), actions, doc["learned_full"]["results"],
+            DREAMER_HORIZON)
+    assert doc["model"]["schema"] == model.schema and doc["cpg"]["gap"] is not None
+    # The file feeds eval's downstream pairing unchanged (the suite's eval model: its kernels are shared).
+    report = out.parent / "eval.json"
+    model_file = checkpoints.adapter(1, obs_dim=5, action_dim=1, seed=0).converted
+    code = cli.main(["eval", str(model_file), *small_eval_args("--downstream", out, "-o", report), "--no-cache", "-q"])
+    capsys.readouterr()
+    assert code == 0
+    cell = json.loads(report.read_text())["cells"][0]
+    assert cell["gap"] == doc["cpg"]["gap"] and cell["verdict"] == doc["cpg"]["verdict"]
+
+
+@pytest.mark.slow  # torch batch-of-1 per candidate step of a recurrent model (~1 min)
+def test_a_dreamers_learned_arm_replays_the_torch_mirrors_per_call_loop(dreamer_cli):
+    """The same episodes planned by the torch mirror of NM512's world model (upstream's code path)."""
+    import torch
+
+    _, doc, _, _ = dreamer_cli
+    step = R.dreamer_callables(R.load_dreamer(DREAMER.replace(".safetensors", ".pt")))["model_step"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _replay(step, [tuple(a) for a in R.default_actions(TASK)], doc["learned_full"]["results"], DREAMER_HORIZON)
     finally:
         torch.set_num_threads(threads)
 
@@ -264,8 +392,13 @@ def test_report_has_the_reference_layout_and_the_paired_statistics(both_arms):
 
 def test_cli_writes_json_and_figure_that_eval_downstream_reads(tmp_path, capsys, checkpoints):
     out, png = tmp_path / "cpg.json", tmp_path / "cpg.png"
-    code, stdout, err = cpg_cli(GOOD, *small("-o", out, "--figure", png), capsys=capsys)
+    code, stdout, err = cpg_cli(GOOD, *small("-o", out, "--figure", png, "--timings"), capsys=capsys)
     assert code == 0, err
+    # Progress elsewhere than a terminal: one stamped line per phase and note, each arm's episodes ended.
+    for needle in ("] loading 1 model file(s)", f"] {TASK}: start states of {N} episodes", "] oracle arm: ",
+                   "] learned arm (", f"{N}/{N} episodes ended"):
+        assert needle in err, (needle, err)
+    assert "timings: load_s " in stdout and "learned_run_s " in stdout
     doc = json.loads(out.read_text())
     assert list(doc["cpg"]) == CPG_KEYS
     assert png.read_bytes().startswith(PNG_SIGNATURE)
@@ -337,18 +470,21 @@ def test_several_models_share_one_oracle_arm_and_write_a_folder(tmp_path, monkey
 
 @pytest.mark.slow  # the suite's budget: see the module docstring
 def test_the_oracle_arm_is_kept_beside_the_kernel_cache_for_later_runs(tmp_path, both_arms):
-    from wmel_jax import kernel_cache
+    import io
 
-    said: list[str] = []
+    from wmel_jax import kernel_cache
+    from wmel_jax.progress import Progress
+
+    log = io.StringIO()
     opts = C.CPGOptions([GOOD], episodes=N, chunk_episodes=CHUNK, horizon=HORIZON, arms="oracle")
     previous = kernel_cache.get_directory()
     kernel_cache.set_directory(tmp_path / "kernels")
     try:
-        first = C.run_cpg(opts, say=said.append)[0]
+        first = C.run_cpg(opts)[0]
         kept = list((tmp_path / "cpg-oracle").glob("*.json"))
         assert len(kept) == 1 and first["timings"]["oracle_from_cache"] is False
-        second = C.run_cpg(opts, say=said.append)[0]
-        assert second["timings"]["oracle_from_cache"] is True and "read from the cache" in said[-1]
+        second = C.run_cpg(opts, progress=Progress(log))[0]
+        assert second["timings"]["oracle_from_cache"] is True and "oracle arm read from the cache" in log.getvalue()
         # Another seed is another oracle arm; a damaged file is ignored (and replaced).
         C.run_cpg(C.CPGOptions([GOOD], episodes=N, chunk_episodes=CHUNK, horizon=HORIZON, arms="oracle", seed=1))
         assert len(list((tmp_path / "cpg-oracle").glob("*.json"))) == 2
@@ -386,6 +522,7 @@ def _assert_user_error(capsys, folder: Path, *argv, match: str) -> None:
     before = set(os.listdir(folder))
     code, out, err = cpg_cli(*argv, capsys=capsys)
     assert code == 2, (out, err)
+    err = without_progress(err)  # the phases begun before the mistake was found
     assert err.startswith("wmel-jax: error: ") and err.count("\n") == 1, err
     assert match.lower() in err.lower(), err
     assert set(os.listdir(folder)) == before, "a failed cpg left a file behind"

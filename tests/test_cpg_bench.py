@@ -61,3 +61,16 @@ def test_markdown_renders_every_section():
     for needle in ("ms per plan call", "calls/s", "Where the time goes", "Targets", "96% of the oracle's raw",
                    "83% of plain matmuls", "NO", "yes"):
         assert needle in text, needle
+
+
+def test_listed_runs_keep_their_horizon_and_arms():
+    result = _result()
+    del result["large"]
+    result["runs"].append(dict(result["runs"][0], n=1000, horizon=20, max_rss_mb=1200.0,
+                               arms={"learned_size5": _arm(5_000, 100.0)}))
+    result["targets"] = CB.targets(result)
+    memory = next(t for t in result["targets"] if "peak memory" in t["target"])
+    assert "horizon 20" in memory["target"] and memory["value"] == 1.2
+    # A short horizon is not the n = 300 wall-time run the target names.
+    assert sum("< 10 min wall" in t["target"] for t in result["targets"]) == 1
+    assert "| random-shooting | 1000 | 20 | learned_size5 |" in CB.markdown(result)

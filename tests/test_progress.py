@@ -71,3 +71,36 @@ def test_quiet_says_nothing_and_an_old_callback_still_gets_the_steps():
         wrapped.step(0, 1, "m")
     wrapped.step(1, 1, "")
     assert seen == [(0, 1, "m"), (1, 1, "")]
+
+
+def test_a_bar_within_a_phase_is_redrawn_on_a_terminal_and_a_few_lines_elsewhere(monkeypatch):
+    out = _Terminal()
+    p = P.Progress(out)
+    with p.phase("oracle arm"):
+        p.bar(1, 4, "episodes ended")
+        p.bar(4, 4, "episodes ended")
+    p.close()
+    assert "[#####...............] oracle arm - episodes ended" in out.getvalue()
+    log = io.StringIO()
+    p = P.Progress(log)
+    monkeypatch.setattr(P, "BAR_LINE_S", 3600.0)
+    with p.phase("oracle arm"):
+        for done in range(5):
+            p.bar(done, 4, "episodes ended")  # the first line, then none until the end
+    lines = log.getvalue().splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == ["oracle arm", "  0/4 episodes ended", "  4/4 episodes ended"]
+
+
+def test_cpg_kernels_have_names():
+    def episode_kernel():  # named as the planning kernels' factory is
+        def kernel():
+            pass
+
+        return kernel
+
+    out = io.StringIO()
+    p = P.Progress(out, cached=False)
+    kernel = episode_kernel()
+    p.kernel_event("trace", kernel)
+    p.kernel_event("compile", kernel)
+    assert out.getvalue().splitlines()[-1].endswith("compiling the episode kernel (no cache)")

@@ -27,6 +27,8 @@ __all__ = ["Progress", "as_progress"]
 #: Seconds between redraws of the terminal status line.
 TICK_S = 0.25
 _BAR_WIDTH = 20
+#: Elsewhere than a terminal, a bar within a phase (:meth:`Progress.bar`) is one line at most this often.
+BAR_LINE_S = 10.0
 _LINE_WIDTH = 118
 
 
@@ -34,7 +36,8 @@ def _kernel_name(kernel: Callable) -> str:
     """A user-facing name for a kernel of wmel_jax (from its defining function)."""
     qualname = getattr(kernel, "__qualname__", "") or ""
     for marker, name in (("_oracle_kernel", "the oracle kernel"), ("_model_kernel", "the model kernel"),
-                         ("_sampler", "the state sampler")):
+                         ("_sampler", "the state sampler"), ("episode_kernel", "the episode kernel"),
+                         ("_start_kernel", "the start-state kernel")):
         if marker in qualname:
             return name
     return "a kernel"
@@ -63,6 +66,7 @@ class Progress:
         self._stop: threading.Event | None = None
         self._ticker: threading.Thread | None = None
         self._traced: set[int] = set()
+        self._bar_line_t = -float("inf")
 
     # ------------------------------------------------------------ output
 
@@ -115,15 +119,34 @@ class Progress:
     def phase(self, text: str) -> Iterator[None]:
         """A phase of the run: shown while it lasts (a terminal) or announced in one line (elsewhere)."""
         with self._lock:
-            outer = (self._phase, self._phase_t0, self._note)
-            self._phase, self._phase_t0, self._note = text, time.perf_counter(), ""
+            outer = (self._phase, self._phase_t0, self._note, self._bar)
+            self._phase, self._phase_t0, self._note, self._bar = text, time.perf_counter(), "", None
+            self._bar_line_t = -float("inf")
         self._start_ticker()
         self._line(text)
         try:
             yield
         finally:
             with self._lock:
-                self._phase, self._phase_t0, self._note = outer
+                self._phase, self._phase_t0, self._note, self._bar = outer
+
+    def bar(self, done: int, total: int, text: str = "") -> None:
+        """A bar within the current phase (episodes ended of a run, say), with ``text`` beside it.
+
+        On a terminal the status line is redrawn; elsewhere it is one line at
+        most every BAR_LINE_S seconds, and one when ``done`` reaches ``total``.
+        """
+        with self._lock:
+            self._bar = (done, total) if done < total else None
+            self._note = text
+            now = time.perf_counter()
+            log = not self.tty and (done >= total or now - self._bar_line_t >= BAR_LINE_S)
+            if log:
+                self._bar_line_t = now
+        if self.tty:
+            self._line(text)
+        elif log:
+            self._line(f"  {done}/{total} {text}".rstrip())
 
     def note(self, text: str) -> None:
         """A detail of the current phase (a kernel compiling, say)."""
@@ -194,6 +217,10 @@ class _Callback(Progress):
     def step(self, done: int, total: int, name: str = "") -> None:
         if self._callback is not None:
             self._callback(done, total, name)
+
+    def bar(self, done: int, total: int, text: str = "") -> None:
+        if self._callback is not None:
+            self._callback(done, total, text)
 
 
 def as_progress(progress: Any) -> Progress:

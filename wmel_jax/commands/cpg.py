@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="episodes in flight per kernel call; bounds memory (default 64 on CPU, 1024 on "
                         "accelerators); results do not depend on it")
     _common.add_runtime_arguments(parser, chunk_states=False)
+    _common.add_output_arguments(parser)
     _common.add_distributed_arguments(parser)
 
 
@@ -76,13 +77,17 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         chunk_episodes=args.chunk_episodes,
     )
+    from wmel_jax import kernel_cache
     from wmel_jax.distributed import is_writer
+    from wmel_jax.progress import Progress
 
-    reports = run_cpg(opts, progress=_common.progress_bar())
-    if not is_writer():  # process 0 of a distributed run prints and writes for all
+    writer = is_writer()  # process 0 of a distributed run prints, shows progress and writes for all
+    progress = Progress(quiet=args.quiet or not writer, cached=kernel_cache.get_directory() is not None)
+    reports = run_cpg(opts, progress=progress)
+    if not writer:
         return 0
     for report in reports:
-        sys.stdout.write(format_cpg_table(report))
+        sys.stdout.write(format_cpg_table(report, timings=args.timings))
     if args.output:
         print(f"wrote CPG JSON: {args.output}")
     if args.figure:

@@ -195,14 +195,18 @@ def _learned_arm_kernel(arch: Any, oracle: Any, config: PlannerConfig) -> Callab
 FAST_COMPILE_MAX_ROWS = 512
 
 
-def _compiler_options(arm: str, config: PlannerConfig, chunk: int) -> dict[str, Any]:
+def _compiler_options(arm: str, config: PlannerConfig, chunk: int, arch: Any = None) -> dict[str, Any]:
     """XLA options of an arm's kernel whose plan batches have chunk x sequences rows.
 
     The oracle arm's work is physics: the oracle's own codegen options
     (:func:`wmel_jax.oracle.base.compiler_options`). The learned arm's is the
     model's matmuls, which XLA's default CPU codegen runs 3x faster than the
     oracle's options do (measured on a size-1 model); its env steps are a
-    fiftieth of its rows. Small batches compile at level 0 either way.
+    fiftieth of its rows. Small batches compile at level 0 either way. The
+    learned arm of the model architecture ``arch`` also takes its family's
+    own options over these (its numerics: DreamerV3's plain float32 dots,
+    without which near-ties in its categorical latents flip), as eval's model
+    kernel does.
     """
     import jax
 
@@ -211,9 +215,14 @@ def _compiler_options(arm: str, config: PlannerConfig, chunk: int) -> dict[str, 
     rows = chunk * config.sequences_per_call
     if arm == "oracle":
         return compiler_options(rows)
+    options: dict[str, Any] = {}
     if jax.default_backend() == "cpu" and rows <= FAST_COMPILE_MAX_ROWS:
-        return {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0}
-    return {}
+        options = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0}
+    if arch is not None:
+        from wmel_jax.model.protocol import functions_of
+
+        options.update(functions_of(arch).xla_options())
+    return options
 
 
 # --------------------------------------------------------------------------- #
@@ -386,31 +395,45 @@ def run_cpg(
     opts: CPGOptions,
     *,
     say: Callable[[str], None] | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Any = None,
 ) -> list[dict[str, Any]]:
     """The CPG of every model in ``opts.models``: one report per model (also written when asked).
 
-    ``progress(done, total, label)`` is called between kernel calls (plan
-    rounds) with the episodes ended so far. User mistakes raise WmelError
+    ``progress``: a :class:`wmel_jax.progress.Progress` (the run's phases:
+    loading, start states, each arm with a bar over its episodes, kernels
+    compiling), or an older ``(done, total, label)`` callback called between
+    kernel calls (plan rounds) with the episodes ended so far, or None
+    (silent). User mistakes raise WmelError
     before anything runs; outputs are written only once everything has been
     computed, each atomically, all renamed into place together. A model that
     cannot plan (no decoder, another task) is skipped with its reason beside
     the others (with one model, its reason is the error).
     """
-    return [report for _, report in _run(opts, say, progress)[0]]
+    from wmel_jax.progress import as_progress
+
+    progress = as_progress(progress)
+    try:
+        with progress.watch_kernels():
+            return [report for _, report in _run(opts, say, progress)[0]]
+    finally:
+        progress.close()
 
 
-def cpg_downstream(opts: CPGOptions, *, say: Callable[[str], None] | None = None,
-                   progress: Callable[[int, int, str], None] | None = None, outputs: Any = None) -> list[Any]:
+def cpg_downstream(opts: CPGOptions, *, say: Callable[[str], None] | None = None, progress: Any = None,
+                   outputs: Any = None) -> list[Any]:
     """The CPG of each model of ``opts`` as eval's downstream pairing: one Downstream (or None) per input model.
 
     ``eval --cpg``: both arms always; a model the planners cannot use gets
     None (its cell is unpaired) while the others are paired. ``outputs``: the
     caller's :class:`~wmel_jax.fileio.OutputSet`, which the CPG JSONs (when
     ``opts.output``) join: declared now, staged at the end, written when the
-    caller commits the set.
+    caller commits the set. ``progress``: the caller's (as :func:`run_cpg`'s;
+    kernels are noted when the caller watches them).
     """
     from wmel_jax.downstream import Downstream
+    from wmel_jax.progress import as_progress
+
+    progress = as_progress(progress)
 
     opts = dataclasses.replace(opts, arms=ARMS)
     pairs, paths = _run(opts, say, progress, outputs)
@@ -432,8 +455,7 @@ def cpg_downstream(opts: CPGOptions, *, say: Callable[[str], None] | None = None
     return out
 
 
-def _run(opts: CPGOptions, say: Callable[[str], None] | None, progress: Callable[[int, int, str], None] | None,
-         outputs: Any = None) -> tuple[list[tuple[int, dict[str, Any]]], list[Path]]:
+def _run(opts: CPGOptions, say: Callable[[str], None] | None, progress: Any, outputs: Any = None) -> tuple[list[tuple[int, dict[str, Any]]], list[Path]]:
     """(input index and report of each model that planned, the output paths by input index).
 
     ``outputs``: an :class:`~wmel_jax.fileio.OutputSet` the caller commits
@@ -460,7 +482,7 @@ def _run(opts: CPGOptions, say: Callable[[str], None] | None, progress: Callable
         raise
 
 
-def _work(opts: CPGOptions, say: Callable[[str], None], progress: Callable[[int, int, str], None] | None,
+def _work(opts: CPGOptions, say: Callable[[str], None], progress: Any,
           labels: Sequence[str], declared: _Outputs, config: PlannerConfig, n: int, horizon: int, chunk: int,
           seed: int, arms: tuple[str, ...]) -> tuple[list[tuple[int, dict[str, Any]]], list[Path]]:
     import jax
@@ -473,12 +495,15 @@ def _work(opts: CPGOptions, say: Callable[[str], None], progress: Callable[[int,
     # Every device of every process runs its share of the episodes (run_arm); process 0 writes.
     rt = distributed.runtime()
     writer = distributed.is_writer()
-    progress = progress if writer else None
+    from wmel_jax.progress import as_progress
+
+    progress = as_progress(progress if writer else None)  # process 0 alone shows progress
     t_start = time.perf_counter()
     # The pipeline's stages, as eval runs them: a model that cannot plan is skipped with its
     # reason while the others run (with one model, its reason is the error).
     skips = Skips(len(opts.models))
-    loaded = load_models(opts.models, labels, skips, say)
+    with progress.phase(f"loading {len(opts.models)} model file(s)"):
+        loaded = load_models(opts.models, labels, skips, say)
     task = resolve_task(opts.env, loaded)
     success_threshold(task)
     selection = select_models(loaded, task, skips, env_given=opts.env is not None,
@@ -494,12 +519,16 @@ def _work(opts: CPGOptions, say: Callable[[str], None], progress: Callable[[int,
     t_loaded = time.perf_counter()
 
     with precision_scope(oracle.precision):
-        start = start_states(oracle, seed, n)
+        with progress.phase(f"{task}: start states of {n:,} episodes"):
+            start = start_states(oracle, seed, n)
+        t_states = time.perf_counter()
 
-        def arm_progress(label: str) -> Callable[[int, int, int], None] | None:
-            if progress is None:
-                return None
-            return lambda ended, total, rounds: progress(ended, total, f"{label}: {rounds} plan rounds")
+        def show_rounds(ended: int, total: int, rounds: int) -> None:
+            progress.bar(ended, total, f"episodes ended, {rounds:,} plan rounds")
+
+        arm_progress = show_rounds if writer else None
+
+        what = f"{n:,} episodes x {horizon:,} steps, {config.describe()}"
 
         oracle_result, oracle_cached = None, False
         if "oracle" in arms:
@@ -511,16 +540,17 @@ def _work(opts: CPGOptions, say: Callable[[str], None], progress: Callable[[int,
             if rt.process_count > 1 and not all(distributed.allgather_json(oracle_cached)):
                 oracle_result, oracle_cached = None, False  # the arm is one collective run: all compute it, or none
             if oracle_cached:
-                say(f"oracle arm read from the cache ({kept})")
+                progress.note(f"oracle arm read from the cache ({kept})")
             else:
-                oracle_result = run_arm(_oracle_arm_kernel(oracle, config), None, None, start, seed, actions,
-                                        horizon, chunk, dtype=oracle.dtype,
-                                        compiler_options=_compiler_options("oracle", config, min(chunk, n)),
-                                        progress=arm_progress("oracle arm"), runtime=rt)
+                with progress.phase(f"oracle arm: {what}"):
+                    oracle_result = run_arm(_oracle_arm_kernel(oracle, config), None, None, start, seed, actions,
+                                            horizon, chunk, dtype=oracle.dtype,
+                                            compiler_options=_compiler_options("oracle", config, min(chunk, n)),
+                                            progress=arm_progress, runtime=rt)
                 if writer:
                     _write_oracle(kept, key, oracle_result)
         learned: list[ArmResult | None] = []
-        for m in selected:
+        for i, m in enumerate(selected):
             if "learned" not in arms:
                 learned.append(None)
                 continue
@@ -528,10 +558,13 @@ def _work(opts: CPGOptions, say: Callable[[str], None], progress: Callable[[int,
 
             index = model_task_index(m.model, task)
             task_arg = None if index is None else jax.numpy.asarray(index, jax.numpy.int32)
-            learned.append(run_arm(_learned_arm_kernel(m.model.arch, oracle, config), m.model.params, task_arg,
-                                   start, seed, actions, horizon, chunk, dtype=oracle.dtype,
-                                   compiler_options=_compiler_options("learned", config, min(chunk, n)),
-                                   progress=arm_progress(f"learned arm {m.label}"), runtime=rt))
+            which = f" {i + 1}/{len(selected)}" if len(selected) > 1 else ""
+            with progress.phase(f"learned arm{which} ({m.label}): {what}"):
+                learned.append(run_arm(_learned_arm_kernel(m.model.arch, oracle, config), m.model.params, task_arg,
+                                       start, seed, actions, horizon, chunk, dtype=oracle.dtype,
+                                       compiler_options=_compiler_options("learned", config, min(chunk, n),
+                                                                          m.model.arch),
+                                       progress=arm_progress, runtime=rt))
     t_done = time.perf_counter()
 
     run_config = {
@@ -555,7 +588,7 @@ def _work(opts: CPGOptions, say: Callable[[str], None], progress: Callable[[int,
     }
     reports = []
     for m, result in zip(selected, learned):
-        timings = {"load_s": t_loaded - t_start, "total_s": t_done - t_start}
+        timings = {"load_s": t_loaded - t_start, "states_s": t_states - t_loaded, "total_s": t_done - t_start}
         for arm, r in (("oracle", oracle_result), ("learned", result)):
             if r is not None:
                 timings[f"{arm}_compile_s"] = r.compile_s
@@ -694,8 +727,12 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def format_cpg_table(report: Mapping[str, Any]) -> str:
-    """A model's CPG as a few lines of text: rates and intervals, gap, verdict, episodes for +-0.05."""
+def format_cpg_table(report: Mapping[str, Any], *, timings: bool = False) -> str:
+    """A model's CPG as a few lines of text: rates and intervals, gap, verdict, episodes for +-0.05.
+
+    ``timings``: add where the run's time went (``--timings``): loading, start
+    states, each arm's compilation and run, in seconds.
+    """
     cfg = report["config"]
     cpg = report["cpg"]
     n = cfg["benchmark_episodes"]
@@ -743,4 +780,8 @@ def format_cpg_table(report: Mapping[str, Any]) -> str:
             lines.append(f"  episodes for a +-{need['half_width']:g} interval at these rates: {need['per_arm']:,} per "
                          f"arm (now +-{need['current_half_width']:.3f}; "
                          + ("reached)" if more == 0 else f"{more:,} more)"))
+    times = report.get("timings") or {}
+    if timings and times:
+        lines.append("  timings: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                              for k, v in times.items()))
     return "\n".join(lines) + "\n"
