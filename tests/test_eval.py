@@ -438,27 +438,6 @@ def test_figure_extension_is_checked_before_anything_runs(tmp_path, capsys, cart
     assert (tmp_path / "f.pdf").read_bytes()[:4] == b"%PDF"
 
 
-def test_the_shipped_models_of_three_tasks_in_one_command(tmp_path, capsys):
-    """Every shipped example (a good and a weak TD-MPC2 model per task, and cartpole's DreamerV3) in one eval."""
-    from wmel_jax.demo import EXAMPLES_DIR
-
-    models = sorted(str(p) for p in EXAMPLES_DIR.glob("*.safetensors"))
-    per_task = {t: sum(Path(m).name.startswith(t + "-") for m in models)
-                for t in ("acrobot-swingup", "cartpole-swingup", "reacher-easy")}
-    assert min(per_task.values()) >= 2 and sum(per_task.values()) == len(models), per_task
-    report = tmp_path / "r.json"
-    code, out, err = eval_cli(*models, *small_eval_args("-o", report, "--figure", tmp_path / "f.png"), capsys=capsys)
-    assert code == 0, err
-    doc = json.loads(report.read_text())
-    tasks = ["acrobot-swingup", "cartpole-swingup", "reacher-easy"]
-    assert [g["config"]["env"] for g in doc["groups"]] == tasks and doc["skipped"] == []
-    for group in doc["groups"]:  # each model on its own task, its oracle answers once per group
-        assert [doc["cells"][i]["env"] for i in group["cells"]] == [group["config"]["env"]] * per_task[group["config"]["env"]]
-        assert len(group["config"]["action_set"]) == (9 if group["config"]["env"] == "reacher-easy" else 5)
-    assert [line.split(":")[0] for line in out.splitlines() if ": N=150 states in 6 episodes" in line] == tasks
-    assert (tmp_path / "f.png").read_bytes()[:8] == PNG_SIGNATURE
-
-
 def test_several_tasks_refuse_inputs_that_belong_to_one(tmp_path, capsys, cartpole_models, reacher_model):
     assert_eval_user_error(capsys, tmp_path, cartpole_models[0], reacher_model, "--save-states", tmp_path / "s.npy",
                            *small_eval_args(), match="--save-states belong to one problem")

@@ -64,15 +64,26 @@ _CHECK = r"""
 import json, sys
 from pathlib import Path
 import wmel_jax
+from wmel_jax import demo
 from wmel_jax.cli import main
-code = main(["demo", "--out", sys.argv[1], "--no-cache", "--n-states", "50", "--k-steps", "3"])
+# Every shipped conversion is the conversion of its shipped .pt: the installed demo needs no torch.
+entries = demo.example_models()
+usable = {e["converted"]: demo._usable_conversion(e, demo.EXAMPLES_DIR) for e in entries}
+model = usable["cartpole-swingup-weak.safetensors"]
+code = main(["eval", str(model), "--no-cache", "--n-states", "20", "--k-steps", "3", "-q", "-o", sys.argv[1]])
 mods = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "converters", "benchmarks")
               or m.startswith(("wmel_jax.converters", "wmel_jax.benchmarks")))
-print(json.dumps({"code": code, "file": wmel_jax.__file__, "modules": mods}))
+print(json.dumps({"code": code, "file": wmel_jax.__file__, "models": len(entries),
+                  "unusable": sorted(k for k, v in usable.items() if v is None), "modules": mods}))
 """
 
 
-def test_installed_wheel_runs_the_demo_outside_the_source_tree(wheel, tmp_path):
+def test_installed_wheel_evaluates_a_shipped_model_outside_the_source_tree(wheel, tmp_path):
+    """The wheel installed into a bare venv: its CLI, its shipped examples, an eval that imports no torch.
+
+    (The demo itself, all seven models, is ``tests/test_demo.py``'s: here one model, cold, is enough to
+    run the installed package's whole eval path outside the source tree.)
+    """
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
@@ -92,13 +103,15 @@ def test_installed_wheel_runs_the_demo_outside_the_source_tree(wheel, tmp_path):
     help_out = subprocess.run([str(venv / "bin" / "wmel-jax"), "--help"], capture_output=True, text=True,
                               cwd=tmp_path, env=env, timeout=120)
     assert help_out.returncode == 0 and "demo" in help_out.stdout, help_out.stderr
-    run = subprocess.run([str(python), "-c", _CHECK, str(tmp_path / "demo")], capture_output=True, text=True,
+    run = subprocess.run([str(python), "-c", _CHECK, str(tmp_path / "r.json")], capture_output=True, text=True,
                          cwd=tmp_path, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     got = json.loads(run.stdout.strip().splitlines()[-1])
     assert got["code"] == 0
+    assert got["models"] == 7 and got["unusable"] == [], got
     assert Path(got["file"]).resolve().is_relative_to(venv.resolve()), got["file"]
     assert got["modules"] == [], "the evaluation path imported torch-facing or benchmark code"
-    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == [
-        "demo.png", "report-acrobot-swingup.json", "report-cartpole-swingup.json", "report-reacher-easy.json",
-    ]
+    report = json.loads((tmp_path / "r.json").read_text())
+    (cell,) = report["cells"]  # the installed package's own example, not the source tree's
+    assert Path(cell["model"]).name == "cartpole-swingup-weak.safetensors", cell["model"]
+    assert Path(cell["model"]).resolve().is_relative_to(venv.resolve()) and report["skipped"] == []
