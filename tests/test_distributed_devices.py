@@ -51,14 +51,20 @@ def shared_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.getbasetemp() / "distributed-cache"
 
 
-@pytest.fixture(scope="module")
-def four_devices(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("devices") / "summary.json"
+def run_check(tmp_path_factory, mode: str | None, cache: str, timeout: int) -> dict:
+    """``distributed_devices_check.py [mode]`` on 4 CPU devices in a subprocess: its JSON summary."""
+    out = tmp_path_factory.mktemp(f"devices-{mode or 'full'}") / "summary.json"
     env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"),
-               WMEL_JAX_CACHE_DIR=str(shared_cache(tmp_path_factory)))
-    proc = subprocess.run([sys.executable, str(CHECK), str(out)], env=env, capture_output=True, text=True, timeout=600)
+               WMEL_JAX_CACHE_DIR=cache)
+    argv = [sys.executable, str(CHECK), str(out), *([mode] if mode else [])]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory) -> dict:
+    return run_check(tmp_path_factory, None, str(shared_cache(tmp_path_factory)), 600)
 
 
 @pytest.mark.slow
@@ -106,13 +112,7 @@ def test_the_reports_are_equal(four_devices):
 
 @pytest.fixture(scope="module")
 def four_devices_quick(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("devices-quick") / "summary.json"
-    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"),
-               WMEL_JAX_CACHE_DIR="off")
-    proc = subprocess.run([sys.executable, str(CHECK), str(out), "quick"], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(out.read_text())
+    return run_check(tmp_path_factory, "quick", "off", 300)
 
 
 def test_quick_four_devices_model_kernel_is_bit_for_bit_on_an_uneven_batch(four_devices_quick):
@@ -144,13 +144,7 @@ def test_quick_cpg_episodes_over_devices_are_the_one_device_run(four_devices_qui
 
 @pytest.fixture(scope="module")
 def four_devices_cpg(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("devices-cpg") / "summary.json"
-    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"),
-               WMEL_JAX_CACHE_DIR="off")
-    proc = subprocess.run([sys.executable, str(CHECK), str(out), "cpg"], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(out.read_text())
+    return run_check(tmp_path_factory, "cpg", "off", 600)
 
 
 @pytest.mark.slow  # both arms compiled for two meshes: 39-283 s on 2 shared cores (load 4-8)
