@@ -30,6 +30,57 @@ jax.config.update("jax_enable_x64", True)
 EVAL_N, EVAL_K, EVAL_CHUNK = 150, 10, 128
 
 
+# --------------------------------------------------------------------------- #
+# One XLA executable cache for the session's processes
+# --------------------------------------------------------------------------- #
+
+#: The folder of XLA executables that the session's pytest processes (the xdist workers) share.
+SHARED_XLA_ENV = "WMEL_JAX_TEST_SHARED_XLA"
+#: Executables that compile faster than this are not worth a file.
+SHARED_XLA_MIN_COMPILE_S = 0.5
+
+
+def pytest_configure(config):
+    """The first process (the xdist controller, or a run without xdist) makes the shared folder.
+
+    Workers inherit it through the environment. Only XLA's executables are
+    shared (JAX's persistent compilation cache, keyed by the program and
+    every compile option, read checksummed by wmel_jax.kernel_cache): every
+    test still traces its kernels, and no wmel_jax kernel folder is set, so
+    what a test computes and which code paths it runs do not change; a
+    program that one worker compiled is read by the other instead of being
+    compiled twice.
+    """
+    import tempfile
+
+    if hasattr(config, "workerinput") or SHARED_XLA_ENV in os.environ:
+        return
+    folder = tempfile.mkdtemp(prefix="wmel-jax-tests-xla-")
+    os.environ[SHARED_XLA_ENV] = folder
+    config._wmel_shared_xla = folder
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    folder = getattr(config, "_wmel_shared_xla", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop(SHARED_XLA_ENV, None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_xla_cache():
+    """This process's XLA compilations go through the session's shared folder (see pytest_configure)."""
+    from wmel_jax import kernel_cache
+
+    folder = os.environ.get(SHARED_XLA_ENV)
+    if folder:
+        kernel_cache._install_xla_cache(Path(folder))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", SHARED_XLA_MIN_COMPILE_S)
+    yield folder
+
+
 def eval_cli(*argv, capsys) -> tuple[int, str, str]:
     """``wmel-jax eval ARGV --no-cache`` in process: (exit status, stdout, stderr)."""
     from wmel_jax import cli
