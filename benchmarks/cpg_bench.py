@@ -21,7 +21,8 @@ baseline timed in the same run are what count):
   network (FLOPs counted from the layer shapes) against plain float32
   matmuls at the model's layer shapes and a large square matmul (the
   machine's peak), and its env steps; the masked work (slot-rounds planned
-  for no episode) from each run.
+  for no episode: the padding of a round's last block, since only running
+  episodes are planned) from each run.
 
 Models: size 1 is the shipped cartpole example (``wmel_jax/examples``), size 5
 a randomly initialised adapter of TD-MPC2's 5M layout (it fails every

@@ -253,7 +253,7 @@ TOY_FAST = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_leve
     if jax.default_backend() == "cpu" else {}
 
 
-def _toy_kernel(kind: str):
+def _toy_kernel(kind: str, block: int = 0, halving: bool = False):
     env = ToyEnv()
 
     def drifting(params, task):  # a "learned" model that drifts: it plans worse than the env behaves
@@ -263,7 +263,7 @@ def _toy_kernel(kind: str):
         return jnp.abs(obs[:, 0] - 3.0) + 0.25 * jnp.abs(obs[:, 1])
 
     config = C.PlannerConfig(kind, horizon=4, candidates=3, iterations=2, samples=3, elites=1)
-    return EP.episode_kernel(env, drifting, score, config, 0.5, rounds_per_call=3), config
+    return EP.episode_kernel(env, drifting, score, config, 0.5, rounds_per_call=3, block=block, halving=halving), config
 
 
 def _toy_host_loop(kind: str, start: np.ndarray, seed: int, horizon: int) -> list[tuple[bool, int, int]]:
@@ -306,7 +306,28 @@ def test_results_do_not_depend_on_how_many_episodes_are_in_flight(kind):
         r = EP.run_arm(kernel, None, None, start, 4, TOY_ACTIONS, 9, chunk, dtype=np.float64,
                        compiler_options=TOY_FAST)
         assert list(zip(r.success.tolist(), r.steps.tolist(), r.plan_calls.tolist())) == want, chunk
-        assert r.slot_rounds == int(r.plan_calls.sum()) and r.slot_rounds <= r.rounds * r.chunk
+        assert r.slot_rounds == int(r.plan_calls.sum()) and r.slot_rounds <= r.planned <= r.rounds * r.chunk
+    # Planned in blocks (only the slots holding an episode): the same episodes, less masked work.
+    for block, halving, chunk in ((2, False, 7), (1, True, 7), (2, True, 6)):
+        blocked, _ = _toy_kernel(kind, block, halving)
+        r = EP.run_arm(blocked, None, None, start, 4, TOY_ACTIONS, 9, chunk, dtype=np.float64,
+                       compiler_options=TOY_FAST)
+        what = (block, halving, chunk)
+        assert list(zip(r.success.tolist(), r.steps.tolist(), r.plan_calls.tolist())) == want, what
+        assert r.chunk % block == 0 and r.chunk >= chunk, what  # the slots rounded up to whole blocks
+        assert r.slot_rounds == int(r.plan_calls.sum()) <= r.planned < r.rounds * r.chunk, what
+        if block == 1:
+            assert r.planned == r.slot_rounds, what  # blocks of one slot: nothing masked
+
+
+def test_plan_sizes():
+    assert EP.plan_sizes(64, 0, True) == (64,) and EP.plan_sizes(8, 8, False) == (8,)
+    assert EP.plan_sizes(64, 8, False) == (8,)
+    assert EP.plan_sizes(64, 16, True) == (64, 32, 16)
+    assert EP.plan_sizes(112, 16, True) == (64, 32, 16)  # 112 running slots: one block of each
+    assert EP.plan_sizes(7, 1, True) == (4, 2, 1)
+    with pytest.raises(ValueError, match="not a multiple"):
+        EP.plan_sizes(60, 8, False)
 
 
 @pytest.mark.slow

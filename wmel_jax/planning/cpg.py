@@ -171,11 +171,35 @@ def _task_score(oracle: Any) -> Callable:
     return score
 
 
+#: The fewest dynamics rows (slots x sequences per plan call) a planner block has, by arm, on CPU.
+#: Each round plans only the slots holding an episode, in blocks (wmel_jax.planning.episodes.plan_sizes):
+#: the physics runs as fast in blocks of 400 rows as in one of 3,200 and would compile once more per
+#: block size (tens of seconds), so the oracle arm has one narrow size; the model's matmuls lose
+#: 10-15% at 800 rows against 3,200 and compile in seconds, so the learned arm halves its block from
+#: every slot down to 800 rows as episodes end (measured: benchmarks/results/cpg_blocks.md).
+BLOCK_ROWS = {"oracle": 400, "learned": 800}
+#: On accelerators a narrow block would leave the device idle: both arms halve from every slot down to this.
+BLOCK_ROWS_ACCELERATOR = 8192
+
+
+def _arm_blocks(arm: str, config: PlannerConfig) -> tuple[int, bool]:
+    """(smallest block in slots, halving) of an arm's kernel: a power of two of at least its rows."""
+    import jax
+
+    cpu = jax.default_backend() == "cpu"
+    rows = BLOCK_ROWS[arm] if cpu else BLOCK_ROWS_ACCELERATOR
+    block = 1
+    while block * config.sequences_per_call < rows:
+        block *= 2
+    return block, arm == "learned" or not cpu
+
+
 @functools.lru_cache(maxsize=None)
 def _oracle_arm_kernel(oracle: Any, config: PlannerConfig) -> Callable:
     # The oracle plans with the env itself: its plans execute from its own predictions.
+    block, halving = _arm_blocks("oracle", config)
     return episode_kernel(oracle, None, _task_score(oracle), config, success_threshold(oracle.task),
-                          dynamics_is_env=True)
+                          dynamics_is_env=True, block=block, halving=halving)
 
 
 @functools.lru_cache(maxsize=None)
@@ -186,8 +210,9 @@ def _learned_arm_kernel(arch: Any, oracle: Any, config: PlannerConfig) -> Callab
         return lambda obs, action: step(params, task, obs, action)
 
     # The model compiles in a second: its first plan steps are rolled once per distinct prefix.
+    block, halving = _arm_blocks("learned", config)
     return episode_kernel(oracle, dynamics, _task_score(oracle), config, success_threshold(oracle.task),
-                          share_prefixes=True)
+                          share_prefixes=True, block=block, halving=halving)
 
 
 #: A run whose plan batches (episodes in flight x sequences per call) have at most this many rows
@@ -229,7 +254,7 @@ def _compiler_options(arm: str, config: PlannerConfig, chunk: int, arch: Any = N
 # the oracle arm, kept on disk beside the kernel cache
 # --------------------------------------------------------------------------- #
 
-_ORACLE_CACHE_FORMAT = 1
+_ORACLE_CACHE_FORMAT = 2
 
 
 def _oracle_key(oracle: Any, config: PlannerConfig, actions: np.ndarray, n: int, seed: int, horizon: int
@@ -279,8 +304,8 @@ def _read_oracle(path: Path | None, key: Mapping[str, Any]) -> ArmResult | None:
             return None
         if steps.min() < 0 or steps.max() > key["horizon"] or calls.min() < 0:
             return None
-        return ArmResult(success, steps, calls, int(doc["rounds"]), int(doc["slot_rounds"]), int(doc["chunk"]),
-                         0.0, float(doc["run_s"]))
+        return ArmResult(success, steps, calls, int(doc["rounds"]), int(doc["slot_rounds"]), int(doc["planned"]),
+                         int(doc["chunk"]), 0.0, float(doc["run_s"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -294,7 +319,7 @@ def _write_oracle(path: Path | None, key: Mapping[str, Any], r: ArmResult) -> No
     if path is None:
         return
     doc = {"key": key, "success": r.success.tolist(), "steps": r.steps.tolist(), "plan_calls": r.plan_calls.tolist(),
-           "rounds": r.rounds, "slot_rounds": r.slot_rounds, "chunk": r.chunk, "run_s": r.run_s}
+           "rounds": r.rounds, "slot_rounds": r.slot_rounds, "planned": r.planned, "chunk": r.chunk, "run_s": r.run_s}
     try:
         path.parent.mkdir(exist_ok=True)
         kernel_cache._atomic_write(path, json.dumps(doc).encode())
@@ -627,7 +652,7 @@ def _scorecard(r: ArmResult, config: PlannerConfig, dynamics: str) -> dict[str, 
         "plan_calls": calls,
         "plan_calls_per_s": calls / r.run_s if r.run_s > 0 else None,
         "rounds": r.rounds,
-        "masked_slot_fraction": 1.0 - r.slot_rounds / (r.rounds * r.chunk) if r.rounds else 0.0,
+        "masked_slot_fraction": r.masked_fraction,
     }
 
 

@@ -13,7 +13,14 @@ flight, ``chunk_episodes``), all in one jitted program per call:
   writes the episode's result and takes the next episode of the run's queue
   (its start state from a table), so no slot idles while episodes remain: the
   slots stay busy until the queue runs dry, and only the last episodes run
-  with idle slots beside them (masked work, counted in ``slot_rounds``).
+  with idle slots beside them;
+- only the slots that hold an episode are planned: each round moves them to
+  the front (a stable permutation: an episode's keys and results follow it,
+  not its slot) and plans them in whole blocks (:func:`plan_sizes`,
+  :func:`_plan_running`). So the run's tail, when the last episodes finish
+  with idle slots beside them, costs about the running episodes' work, not
+  the slots'. The work left masked is the last block's padding, counted in
+  ``planned`` against ``slot_rounds``.
 
 The per-episode state (:class:`Slots`) and the run's state (:class:`Episodes`)
 are pytrees of fixed shapes. A call runs up to ``rounds_per_call`` rounds
@@ -71,6 +78,7 @@ __all__ = [
     "start_states",
     "seed_words",
     "plan_key",
+    "plan_sizes",
     "episode_kernel",
     "device_shares",
     "run_arm",
@@ -143,7 +151,8 @@ class Episodes(NamedTuple):
     next_episode: () int32, the first episode not yet started; success,
     steps, plan_calls: (n,) per-episode results; ended: (n,) bool; rounds: ()
     int32 plan rounds run; slot_rounds: () int32 slot-rounds that planned for
-    a running episode (the rest of rounds x E is masked work); first: ()
+    a running episode; planned: () int32 slot-rounds planned (whole blocks:
+    the excess over ``slot_rounds`` is masked work); first: ()
     int32 the run's index of episode 0 (its keys are episode ``first + k``'s:
     a device's share of a larger run); count: () int32 episodes to run, the
     first ``count`` of the n (the rest is padding, ended from the start).
@@ -157,31 +166,33 @@ class Episodes(NamedTuple):
     ended: jax.Array
     rounds: jax.Array
     slot_rounds: jax.Array
+    planned: jax.Array
     first: jax.Array
     count: jax.Array
 
 
-def initial_episodes(start_obs: np.ndarray, chunk: int, first: int = 0, count: int | None = None) -> Episodes:
-    """Slots holding episodes 0..E-1 (E = min(chunk, n)), the rest of the queue waiting.
+def initial_episodes(start_obs: np.ndarray, slots: int, first: int = 0, count: int | None = None) -> Episodes:
+    """``slots`` slots holding episodes 0..slots-1, the rest of the queue waiting.
 
     start_obs: (n, obs_dim) every episode's start observation; ``first``:
     the run's index of episode 0; ``count`` (default n): the episodes to run,
-    the rest padding (ended, never started; their slots empty).
+    the rest padding (ended, never started; their slots empty). Slots beyond
+    ``count`` (a block size rounding the slot count up) start empty.
     """
     n = start_obs.shape[0]
     count = n if count is None else count
-    e = min(chunk, n)
+    e = slots
     i32 = np.int32
     index = np.arange(e, dtype=i32)
-    slots = Slots(
+    slot_set = Slots(
         episode=np.where(index < count, index, -1).astype(i32),
-        obs=np.asarray(start_obs[:e]),
+        obs=np.asarray(start_obs[np.minimum(index, n - 1)]),
         steps=np.zeros(e, i32),
         plan_calls=np.zeros(e, i32),
     )
-    return Episodes(slots, np.asarray(min(e, count), i32), np.zeros(n, bool), np.zeros(n, i32), np.zeros(n, i32),
-                    np.arange(n) >= count, np.asarray(0, i32), np.asarray(0, i32), np.asarray(first, i32),
-                    np.asarray(count, i32))
+    return Episodes(slot_set, np.asarray(min(e, count), i32), np.zeros(n, bool), np.zeros(n, i32), np.zeros(n, i32),
+                    np.arange(n) >= count, np.asarray(0, i32), np.asarray(0, i32), np.asarray(0, i32),
+                    np.asarray(first, i32), np.asarray(count, i32))
 
 
 #: Start states are drawn in blocks of this many episodes: one compiled kernel serves every n.
@@ -258,6 +269,64 @@ def _execute_recorded(chosen, s: Slots, running, frame_skip: int, threshold: flo
     return obs, s.steps + taken.astype(jnp.int32), success
 
 
+def plan_sizes(slots: int, block: int, halving: bool) -> tuple[int, ...]:
+    """The block sizes (slots per planner call, largest first) of a kernel with ``slots`` slots.
+
+    ``block`` <= 0 or >= slots: one block of every slot. Else ``slots`` must be
+    a multiple of ``block``; ``halving``: ``block * 2**j`` for every j with
+    that at most ``slots`` (a model compiles in seconds, one copy per size,
+    and wide blocks keep its matmuls efficient); otherwise ``block`` alone
+    (the physics, whose copies would each compile for tens of seconds, runs
+    as fast in narrow blocks).
+    """
+    if block <= 0 or block >= slots:
+        return (slots,)
+    if slots % block:
+        raise ValueError(f"{slots} slots are not a multiple of the block of {block}")
+    if not halving:
+        return (block,)
+    sizes = [block]
+    while sizes[-1] * 2 <= slots:
+        sizes.append(sizes[-1] * 2)
+    return tuple(reversed(sizes))
+
+
+def _plan_running(sizes: tuple[int, ...], running: jax.Array, plan_rows: Callable[[Any, int], Plan]
+                  ) -> tuple[Plan, jax.Array]:
+    """The plans of the first r = sum(running) slots (the running ones), in whole blocks.
+
+    ``plan_rows(start, size)`` plans slots [start, start + size). With one
+    block size S, ceil(r / S) blocks of S run in a loop. With several
+    (halving: m * 2**j up to the slot count), r is rounded up to R, a
+    multiple of m, and R's binary decomposition into the sizes is planned
+    widest first: each size at most once (its compiled copy runs under a
+    ``lax.cond``), less than m slots masked. Rows past the
+    planned ones are zeros (length 0: an empty plan, for slots that hold no
+    episode). Returns (plans of every slot, slot rows planned).
+    """
+    e = running.shape[0]
+    r = jnp.sum(running).astype(jnp.int32)
+    shapes = jax.eval_shape(lambda: plan_rows(jnp.int32(0), sizes[-1]))
+    init = jax.tree_util.tree_map(lambda a: jnp.zeros((e,) + a.shape[1:], a.dtype), shapes)
+
+    def put(plans, start, size):
+        return jax.tree_util.tree_map(lambda a, v: jax.lax.dynamic_update_slice_in_dim(a, v, start, 0),
+                                      plans, plan_rows(start, size))
+
+    if len(sizes) == 1:
+        size = sizes[0]
+        blocks = (r + size - 1) // size
+        return jax.lax.fori_loop(0, blocks, lambda b, plans: put(plans, b * size, size), init), blocks * size
+    smallest = sizes[-1]
+    total = (r + smallest - 1) // smallest * smallest
+    plans, start = init, jnp.int32(0)
+    for size in sizes:
+        take = total - start >= size
+        plans = jax.lax.cond(take, lambda p, a, z=size: put(p, a, z), lambda p, a: p, plans, start)
+        start = start + jnp.where(take, size, 0)
+    return plans, total
+
+
 def episode_kernel(
     env: Any,
     dynamics: Callable[[Any, Any], Callable],
@@ -267,6 +336,8 @@ def episode_kernel(
     rounds_per_call: int = ROUNDS_PER_CALL,
     dynamics_is_env: bool = False,
     share_prefixes: bool = False,
+    block: int = 0,
+    halving: bool = False,
 ) -> Callable:
     """The kernel that advances a run by up to ``rounds_per_call`` plan rounds.
 
@@ -285,11 +356,14 @@ def episode_kernel(
     (the same function of the same inputs; the physics is compiled once).
     ``share_prefixes``: see :func:`~wmel_jax.planning.planners.rollout_scores`
     (for a model's dynamics: each shared level is one more compiled copy).
+    ``block``, ``halving``: the planner's block sizes (:func:`plan_sizes` of
+    the slot count, which must be a multiple of ``block``; 0: one block).
     """
     frame_skip = env.frame_skip
 
     def kernel(params, task, run: Episodes, start_obs, seed, actions, horizon):
         n = start_obs.shape[0]
+        sizes = plan_sizes(run.slots.episode.shape[0], block, halving)
         step = env.step_reward if dynamics_is_env else dynamics(params, task)
         plan_root = jax.random.fold_in(root_key(seed), _PLAN_STREAM)
 
@@ -297,11 +371,18 @@ def episode_kernel(
             return jax.random.fold_in(jax.random.fold_in(plan_root, episode), call)
 
         def one_round(run: Episodes) -> Episodes:
-            s = run.slots
+            # The slots holding an episode first (stable): only they are planned.
+            order = jnp.argsort(run.slots.episode < 0, stable=True)
+            s = jax.tree_util.tree_map(lambda x: x[order], run.slots)
             running = s.episode >= 0
-            keys = jax.vmap(key_of)(run.first + jnp.maximum(s.episode, 0), s.plan_calls)
-            chosen = plan(keys, step, score, s.obs, horizon - s.steps, actions, config, record=dynamics_is_env,
-                          share_prefixes=share_prefixes)
+
+            def plan_rows(start, size):
+                rows = jax.tree_util.tree_map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, size), s)
+                keys = jax.vmap(key_of)(run.first + jnp.maximum(rows.episode, 0), rows.plan_calls)
+                return plan(keys, step, score, rows.obs, horizon - rows.steps, actions, config,
+                            record=dynamics_is_env, share_prefixes=share_prefixes)
+
+            chosen, planned = _plan_running(sizes, running, plan_rows)
             plan_calls = s.plan_calls + running
             empty = chosen.length == 0
             if dynamics_is_env:
@@ -335,6 +416,7 @@ def episode_kernel(
                 (run.next_episode + jnp.sum(takes)).astype(jnp.int32),
                 rounds=run.rounds + 1,
                 slot_rounds=run.slot_rounds + jnp.sum(running).astype(jnp.int32),
+                planned=run.planned + planned,
                 first=run.first,
                 count=run.count,
                 **results,
@@ -347,6 +429,7 @@ def episode_kernel(
         _, run = jax.lax.while_loop(more, lambda c: (c[0] + 1, one_round(c[1])), (jnp.int32(0), run))
         return run
 
+    kernel.block = block  # run_arm rounds its slot count up to a multiple of it
     return kernel
 
 
@@ -354,9 +437,10 @@ class ArmResult(NamedTuple):
     """One arm's episodes: success (n,) bool, steps (n,) int, plan_calls (n,) int; and how it ran.
 
     rounds: plan rounds (over several devices: the most any device ran);
-    slot_rounds: slot-rounds that planned for a running episode (rounds x
-    chunk minus the masked work, idle devices included); chunk: slots in
-    flight, over every device; compile_s, run_s: seconds.
+    slot_rounds: slot-rounds that planned for a running episode (the plan
+    calls); planned: slot-rounds planned, in whole blocks (every device's:
+    the excess over ``slot_rounds`` is masked work); chunk: slots in flight,
+    over every device; compile_s, run_s: seconds.
     """
 
     success: np.ndarray
@@ -364,9 +448,15 @@ class ArmResult(NamedTuple):
     plan_calls: np.ndarray
     rounds: int
     slot_rounds: int
+    planned: int
     chunk: int
     compile_s: float
     run_s: float
+
+    @property
+    def masked_fraction(self) -> float:
+        """The share of the planned slot-rounds that planned for no episode (a last block's padding)."""
+        return 1.0 - self.slot_rounds / self.planned if self.planned else 0.0
 
 
 #: How an :class:`Episodes` run is placed over devices (:class:`wmel_jax.distributed.Placement`):
@@ -375,7 +465,7 @@ class ArmResult(NamedTuple):
 def _run_axes():
     from wmel_jax.distributed import STACKED
 
-    return Episodes(Slots(0, 0, 0, 0), STACKED, 0, 0, 0, 0, STACKED, STACKED, STACKED, STACKED)
+    return Episodes(Slots(0, 0, 0, 0), STACKED, 0, 0, 0, 0, STACKED, STACKED, STACKED, STACKED, STACKED)
 
 
 def device_shares(n: int, n_devices: int) -> list[tuple[int, int]]:
@@ -409,7 +499,9 @@ def run_arm(
     :func:`device_shares` ``[g]`` with its own slots, as ``jax.shard_map`` of
     the one-device kernel; an episode's keys are its index in the whole run's
     (``first``), so it plans with the same candidates on any device count.
-    Every process returns every episode.
+    Every process returns every episode. The slot count is rounded up to a
+    multiple of the kernel's smallest planner block (``kernel.block``, see
+    :func:`plan_sizes`; the extra slots start empty).
     """
     from wmel_jax import distributed
 
@@ -419,6 +511,9 @@ def run_arm(
     shares = device_shares(n, rt.n_devices)
     share = shares[0][1] - shares[0][0]
     slots = min(-(-chunk // rt.devices_per_process), share) if rt.sharded else min(chunk, n)
+    block = getattr(kernel, "block", 0)
+    if 0 < block < slots:
+        slots = -(-slots // block) * block
     local = range(rt.process_index * rt.devices_per_process, (rt.process_index + 1) * rt.devices_per_process)
     if rt.sharded:
         parts = []
@@ -467,6 +562,7 @@ def run_arm(
         plan_calls=rows(run.plan_calls).astype(np.int64),
         rounds=int(np.max(run.rounds)),
         slot_rounds=int(np.sum(run.slot_rounds)),
+        planned=int(np.sum(run.planned)),
         chunk=slots * (rt.n_devices if rt.sharded else 1),
         compile_s=compile_s,
         run_s=time.perf_counter() - t0,
