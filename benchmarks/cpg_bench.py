@@ -47,6 +47,7 @@ records the load average before and after it.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -226,6 +227,58 @@ def where_the_time_goes(models: dict[int, dict[str, str]], planner: str, chunk: 
     return out
 
 
+#: Dynamics batch rows at which block_rates times each arm's dynamics (cpg's blocks: 400 oracle, 800-3,200 learned).
+BLOCK_ROWS = (200, 400, 800, 1600, 3200)
+
+
+def block_rates(converted: str, rows_list: Sequence[int] = BLOCK_ROWS, repeats: int = 15) -> dict[str, Any]:
+    """Rows/s of each arm's dynamics, rolled 15 steps, at each batch size: what sets cpg's block sizes.
+
+    The oracle's ``step_reward`` (compiled with the options the oracle arm's
+    kernel has at the CLI's default episodes in flight, whatever the block)
+    and the model's one-step map (``converted``; default options, as the
+    learned arm), each the median of ``repeats`` calls after a warm-up, on
+    cartpole's start states; the calls go round-robin over the sizes, so
+    that each sees the same machine load.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    import wmel_jax
+    from wmel_jax.oracle.base import compiler_options
+    from wmel_jax.planning import cpg as C
+    from wmel_jax.planning import episodes as EP
+
+    oracle = wmel_jax.make_oracle(TASK)
+    model = wmel_jax.load(converted)
+    omap = C.observation_map(model.arch, oracle.obs_dim)
+    actions = jnp.asarray(oracle.actions)
+    horizon = C.PlannerConfig().horizon
+    options = compiler_options(EP.DEFAULT_CHUNK_EPISODES * C.PlannerConfig().candidates)
+    physics = jax.jit(lambda o, s: jax.lax.scan(lambda x, a: (oracle.step_reward(x, a)[0], None), o, s)[0],
+                      compiler_options=options)
+    network = jax.jit(lambda p, o, s: jax.lax.scan(lambda x, a: (omap(p, None, x, a), None), o, s)[0])
+    calls = {}
+    for rows in rows_list:
+        obs = jnp.asarray(EP.start_states(oracle, 0, rows))
+        seq = actions[jax.random.randint(jax.random.key(rows), (horizon, rows), 0, actions.shape[0])]
+        model_obs = obs.astype(jnp.float32)
+        calls["oracle", rows] = functools.partial(physics, obs, seq)
+        calls["learned", rows] = functools.partial(network, model.params, model_obs, seq)
+    times: dict[tuple[str, int], list[float]] = {key: [] for key in calls}
+    for fn in calls.values():
+        jax.block_until_ready(fn())
+    for _ in range(repeats):
+        for key, fn in calls.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[key].append(time.perf_counter() - t0)
+    out: dict[str, Any] = {"rows": list(rows_list), "steps": horizon, "repeats": repeats}
+    for arm in ("oracle", "learned"):
+        out[f"{arm}_rows_per_s"] = [rows * horizon / statistics.median(times[arm, rows]) for rows in rows_list]
+    return out
+
+
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets, each checked from this run's own measurements."""
     rows = []
@@ -305,6 +358,12 @@ def markdown(result: dict[str, Any]) -> str:
                     f"plain matmuls at its layer shapes ({v['layer_shapes_gflops']:.0f} GFLOP/s), "
                     f"{100 * v['network_gflops'] / result['peak']['peak_gflops']:.0f}% of the large-matmul peak; "
                     f"env steps at most {100 * v['env_fraction_of_round']:.0f}% of a round")
+    if result.get("blocks"):
+        b = result["blocks"]
+        lines += ["", f"## Block sizes: each arm's dynamics, {b['steps']} steps, rows/s by batch rows "
+                  "(the size-1 model)", "", "| rows | oracle rows/s | learned rows/s |", "|---:|---:|---:|"]
+        for rows, o, n in zip(b["rows"], b["oracle_rows_per_s"], b["learned_rows_per_s"]):
+            lines.append(f"| {rows:,} | {o:,.0f} | {n:,.0f} |")
     lines += ["", "## Targets", "", "| target | value | met |", "|---|---:|---|"]
     for t in result["targets"]:
         lines.append(f"| {t['target']} | {t['value']:.3g} | {'yes' if t['met'] else 'NO'} |")
@@ -325,7 +384,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=7200.0, help="seconds per wmel-jax run")
     p.add_argument("--runs", default=None, metavar="SPEC",
                    help="instead of the grid: planner:n:sizes:horizon:arms;... (see the module docstring)")
-    p.add_argument("--no-profile", action="store_true", help="skip the one-round profile (where the time goes)")
+    p.add_argument("--no-profile", action="store_true",
+                   help="skip the one-round profile (where the time goes) and the block-size rates")
+    p.add_argument("--profile-only", action="store_true",
+                   help="only the profile and the block-size rates: no reference timing, no cpg runs")
     p.add_argument("--out", default=str(B.REPO_ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "disable")
@@ -359,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                      if "learned" in r[4] else [])}
         for planner in planners:
             for arm, pt in [("oracle", None)] + [(f"learned_size{s}", models[s]["pt"]) for s in sizes]:
-                if (planner, arm) not in timed_arms:
+                if (planner, arm) not in timed_arms or args.profile_only:
                     continue
                 r = reference_per_call(planner, "oracle" if arm == "oracle" else "learned", pt, args.reference_calls)
                 result["reference"][f"{planner}/{arm}"] = r
@@ -369,7 +431,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             w = where_the_time_goes({s: models[s] for s in sizes}, planner, args.chunk)
             result["profile"].append(w)
             _say(f"profile {planner}: {json.dumps(w)}")
+        if not args.no_profile:
+            result["blocks"] = block_rates(models[min(sizes)]["converted"])
+            _say(f"block sizes: {json.dumps(result['blocks'])}")
         result["runs"] = []
+        if args.profile_only:
+            runs_spec, episodes, args.large = [], [], 0
         large_sizes = sizes if args.sizes_large is None else [int(x) for x in args.sizes_large.split(",") if x]
         for planner, n, run_sizes, horizon, arms in runs_spec:
             run = wmel_run([models[s]["converted"] for s in run_sizes], planner, n, folder, args.timeout, horizon,

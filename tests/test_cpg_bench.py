@@ -36,6 +36,8 @@ def _result():
                      "learned_size1": {"plan_round_s": 0.2, "network_gflop_per_round": 30.0, "network_gflops": 150.0,
                                        "layer_shapes_gflops": 180.0, "fraction_of_layer_shapes": 0.83,
                                        "env_round_s_at_most": 0.01, "env_fraction_of_round": 0.05}}],
+        "blocks": {"rows": [400, 3200], "steps": 15, "oracle_rows_per_s": [150_000.0, 160_000.0],
+                   "learned_rows_per_s": [70_000.0, 83_000.0]},
         "runs": [run],
         "large": large,
     }
@@ -59,7 +61,7 @@ def test_markdown_renders_every_section():
     result["targets"] = CB.targets(result)
     text = CB.markdown(result)
     for needle in ("ms per plan call", "calls/s", "Where the time goes", "Targets", "96% of the oracle's raw",
-                   "83% of plain matmuls", "NO", "yes"):
+                   "83% of plain matmuls", "Block sizes", "| 3,200 | 160,000 | 83,000 |", "NO", "yes"):
         assert needle in text, needle
 
 

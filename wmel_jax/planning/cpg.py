@@ -171,25 +171,32 @@ def _task_score(oracle: Any) -> Callable:
     return score
 
 
-#: The fewest dynamics rows (slots x sequences per plan call) a planner block has, by arm, on CPU.
+#: The dynamics rows (slots x sequences rolled together) of an arm's smallest planner block, on CPU.
 #: Each round plans only the slots holding an episode, in blocks (wmel_jax.planning.episodes.plan_sizes):
-#: the physics runs as fast in blocks of 400 rows as in one of 3,200 and would compile once more per
-#: block size (tens of seconds), so the oracle arm has one narrow size; the model's matmuls lose
-#: 10-15% at 800 rows against 3,200 and compile in seconds, so the learned arm halves its block from
-#: every slot down to 800 rows as episodes end (measured: benchmarks/results/cpg_blocks.md).
+#: the physics would compile once more per block size, so the oracle arm has one narrow size (it
+#: steps 400-row blocks at 74% of its 3,200-row rate, and ends a run without planning idle slots);
+#: the model compiles in seconds and its rate is flat from 800 to 3,200 rows but 13% lower at 400, so
+#: the learned arm's running slots are planned in blocks of 800 rows and wider (rows/s by batch rows:
+#: `python -m wmel_jax.benchmarks.cpg_bench --profile-only`, benchmarks/results/cpg_profile.md).
 BLOCK_ROWS = {"oracle": 400, "learned": 800}
 #: On accelerators a narrow block would leave the device idle: both arms halve from every slot down to this.
 BLOCK_ROWS_ACCELERATOR = 8192
 
 
 def _arm_blocks(arm: str, config: PlannerConfig) -> tuple[int, bool]:
-    """(smallest block in slots, halving) of an arm's kernel: a power of two of at least its rows."""
+    """(smallest block in slots, halving) of an arm's kernel.
+
+    The block is the largest power of two whose dynamics batches (block x the
+    sequences rolled together: random shooting's candidates, one CEM
+    iteration's samples) have at most the arm's rows (at least one slot).
+    """
     import jax
 
     cpu = jax.default_backend() == "cpu"
     rows = BLOCK_ROWS[arm] if cpu else BLOCK_ROWS_ACCELERATOR
+    together = config.candidates if config.kind == "random-shooting" else config.samples
     block = 1
-    while block * config.sequences_per_call < rows:
+    while 2 * block * together <= rows:
         block *= 2
     return block, arm == "learned" or not cpu
 

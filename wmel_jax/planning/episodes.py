@@ -88,9 +88,9 @@ __all__ = [
 SUCCESS_THRESHOLDS: dict[str, float] = {"cartpole-swingup": 0.6, "acrobot-swingup": 0.6, "reacher-easy": 0.5}
 #: Episodes in flight per kernel call by default: bounds memory (the dynamics
 #: batch is chunk x candidates rows). On CPU a plan step's throughput is flat
-#: from 32 to 256 episodes in flight (3,200 rows already fill the matmuls), and
-#: fewer slots leave less idle at the end of a run, when the last episodes
-#: finish with free slots beside them; accelerators want wide batches.
+#: from 32 to 256 episodes in flight (3,200 rows already fill the matmuls; the
+#: end of a run, with free slots beside the last episodes, is planned in
+#: blocks of the running ones); accelerators want wide batches.
 DEFAULT_CHUNK_EPISODES = 64
 DEFAULT_CHUNK_EPISODES_ACCELERATOR = 1024
 
