@@ -328,6 +328,11 @@ def test_plan_sizes():
     assert EP.plan_sizes(7, 1, True) == (4, 2, 1)
     with pytest.raises(ValueError, match="not a multiple"):
         EP.plan_sizes(60, 8, False)
+    # The arms' smallest blocks on CPU: about 400 (oracle) and 800 (learned) dynamics rows.
+    rs, cem = C.PlannerConfig("random-shooting"), C.PlannerConfig("cem")
+    assert C._arm_blocks("oracle", rs) == (8, False) and C._arm_blocks("learned", rs) == (16, True)
+    assert C._arm_blocks("oracle", cem) == (16, False) and C._arm_blocks("learned", cem) == (32, True)
+    assert C._arm_blocks("learned", C.PlannerConfig(candidates=1000)) == (1, True)  # at least one slot
 
 
 @pytest.mark.slow
