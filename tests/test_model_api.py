@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 # from torch by 2 ulps), plus an absolute floor near zero.
 ACTIVATION_RTOL = 1e-6
 ACTIVATION_ATOL = 1e-7
+#: mish against float64 over its whole range: 4 float32 ulps (2**-23 relative each).
+MISH_F64_RTOL = 4 * 2.0 ** -23
 EMBEDDING_ATOL = 1e-7  # renormalised task embedding against torch
 X64_OFF_ATOL = 1e-6  # the same model with jax_enable_x64 off vs on (both float32)
 
@@ -55,6 +57,20 @@ def test_mish_does_not_overflow_float32():
     assert abs(y[1]) == 0.0 and abs(y[4]) < 1e-35 and y[5] == 0.0
 
 
+def test_mish_is_within_a_few_ulps_of_float64_over_its_range():
+    """The exp-and-divide form against mish in float64, from -100 to 100 and over 1e-30..1e30 both signs."""
+    x = np.concatenate([np.linspace(-100, 100, 400_001), np.geomspace(1e-30, 1e30, 4_001),
+                        -np.geomspace(1e-30, 1e4, 4_001), np.float32([19.99, 20.0, 20.01])]).astype(np.float32)
+    x64 = x.astype(np.float64)
+    want = np.where(x64 > 700, x64, x64 * np.tanh(np.log1p(np.exp(np.minimum(x64, 700)))))
+    got = np.asarray(mish(jnp.asarray(x))).astype(np.float64)
+    # Below x = -69 exp(x) nears float32's subnormals, which XLA's CPU code flushes to zero (the
+    # composed form's softplus does too): results under 1e-30 in size are asked to be that, not to ulps.
+    tiny = np.abs(want) < 1e-30
+    np.testing.assert_allclose(got[~tiny], want[~tiny], rtol=MISH_F64_RTOL, atol=0)
+    assert np.all(np.abs(got[tiny]) <= 1e-30) and not np.any(np.sign(got[tiny]) * np.sign(want[tiny]) < 0)
+
+
 def test_mish_and_simnorm_match_torch():
     x = np.random.default_rng(0).normal(0, 5, (32, 24)).astype(np.float32)
     np.testing.assert_allclose(mish(jnp.asarray(x)), torch.nn.functional.mish(torch.as_tensor(x)).numpy(),
@@ -63,6 +79,10 @@ def test_mish_and_simnorm_match_torch():
     got = np.asarray(simnorm(jnp.asarray(x), 8))
     np.testing.assert_allclose(got, want, rtol=ACTIVATION_RTOL, atol=ACTIVATION_ATOL)
     np.testing.assert_allclose(got.reshape(32, 3, 8).sum(-1), 1.0, rtol=0, atol=1e-6)
+    # Leading batch axes and a latent of 16 groups (the transposed reduction's layout).
+    x = np.random.default_rng(1).normal(0, 5, (4, 5, 128)).astype(np.float32)
+    want = torch.softmax(torch.as_tensor(x).reshape(4, 5, 16, 8), -1).reshape(4, 5, 128).numpy()
+    np.testing.assert_allclose(simnorm(jnp.asarray(x), 8), want, rtol=ACTIVATION_RTOL, atol=ACTIVATION_ATOL)
 
 
 def test_task_embedding_renormalises_like_torch_max_norm():
