@@ -174,9 +174,10 @@ def _task_score(oracle: Any) -> Callable:
 #: The dynamics rows (slots x sequences rolled together) of an arm's smallest planner block, on CPU.
 #: Each round plans only the slots holding an episode, in blocks (wmel_jax.planning.episodes.plan_sizes):
 #: the physics would compile once more per block size, so the oracle arm has one narrow size (it
-#: steps 400-row blocks at 74% of its 3,200-row rate, and ends a run without planning idle slots);
-#: the model compiles in seconds and its rate is flat from 800 to 3,200 rows but 13% lower at 400, so
-#: the learned arm's running slots are planned in blocks of 800 rows and wider (rows/s by batch rows:
+#: steps 400-row blocks at 73% of its 3,200-row rate, and ends a run without planning idle slots);
+#: the model compiles in seconds and its rate climbs from 95 k rows/s at 400 rows to 107 k at 800 and
+#: 129 k at 3,200, so the learned arm's running slots are planned in the widest blocks that fit, down
+#: to 800 rows (rows/s by batch rows:
 #: `python -m wmel_jax.benchmarks.cpg_bench --profile-only`, benchmarks/results/cpg_profile.md).
 BLOCK_ROWS = {"oracle": 400, "learned": 800}
 #: On accelerators a narrow block would leave the device idle: both arms halve from every slot down to this.
