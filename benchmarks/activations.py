@@ -148,7 +148,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{m.get('cpu')} ({m.get('cores')} cores), jax {m.get('jax')}; load average at start "
         f"{result['loadavg_start']}, at end {result['loadavg_end']}. Model: `{result['model']}`.",
         "",
-        "| rows | variant | median ms | rows/s | speedup vs composed (median [q25, q75]) | one step: max abs diff vs current |",
+        "| rows | variant | median ms | rows/s | speedup vs composed (median [q25, q75]) "
+        "| one step: max abs diff vs current |",
         "|---:|---|---:|---:|---|---:|",
     ]
     for r in result["sizes"]:
