@@ -19,6 +19,9 @@ hit both alike:
 Reported per batch size: the median ms of each variant and the median (and
 quartiles) of the per-round ratio to ``composed``, plus the largest
 difference of one step's outputs between the variants (float32 rounding).
+Then Mish's accuracy: the largest error relative to float64 of each form (and
+of torch's, when torch is installed) over [-100, 100] and 1e-30..1e30 of both
+signs, results under 1e-30 in size left out (XLA flushes subnormals).
 Results in ``benchmarks/results/activations.{json,md}``.
 """
 
@@ -138,6 +141,29 @@ def measure(model_path: str, rows: int, repeats: int) -> dict[str, Any]:
     return out
 
 
+def mish_accuracy() -> dict[str, float]:
+    """The largest relative error against float64 of each Mish: composed, current, torch (when installed)."""
+    import jax.numpy as jnp
+
+    from wmel_jax.model import layers
+
+    x = np.concatenate([np.linspace(-100, 100, 2_000_001), np.geomspace(1e-30, 1e30, 10_001),
+                        -np.geomspace(1e-30, 1e4, 10_001)]).astype(np.float32)
+    x64 = x.astype(np.float64)
+    want = np.where(x64 > 700, x64, x64 * np.tanh(np.log1p(np.exp(np.minimum(x64, 700)))))
+    kept = np.abs(want) >= 1e-30
+    forms = {"composed": lambda v: np.asarray(composed_mish(jnp.asarray(v))),
+             "current": lambda v: np.asarray(layers.mish(jnp.asarray(v)))}
+    try:
+        import torch
+
+        forms["torch"] = lambda v: torch.nn.functional.mish(torch.from_numpy(v)).numpy()
+    except ImportError:
+        pass
+    return {name: float(np.max(np.abs(f(x).astype(np.float64) - want)[kept] / np.abs(want[kept])))
+            for name, f in forms.items()}
+
+
 def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [
@@ -157,6 +183,9 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {r['rows']:,} | {name} | {v['median_ms']:.1f} | {v['rows_per_s']:,.0f} | "
                          f"{v['speedup_vs_composed']:.3f} [{v['speedup_q25']:.3f}, {v['speedup_q75']:.3f}] | "
                          f"{v['one_step_max_abs_diff_vs_current']:.2e} |")
+    lines += ["", "Mish against float64 over [-100, 100] and 1e-30..1e30 of both signs (results of size "
+              "1e-30 or more): largest relative error", "", "| form | max relative error |", "|---|---:|"]
+    lines += [f"| {name} | {err:.2e} |" for name, err in result["mish_max_rel_error_vs_float64"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -192,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[rows {rows:,}] " + ", ".join(f"{k} {v['median_ms']:.1f} ms (x{v['speedup_vs_composed']:.2f})"
                                               for k, v in r["variants"].items()), file=sys.stderr)
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["mish_max_rel_error_vs_float64"] = mish_accuracy()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from wmel_jax.fileio import write_json
