@@ -47,7 +47,7 @@ def mish(x: jax.Array) -> jax.Array:
     and at least as accurate (at most 2.7e-7 relative to float64 over
     [-100, 100] and 1e-30..1e30, against 3.7e-7 for the composed form and
     2.6e-7 for torch's). With :func:`simnorm` below, the size-1 model's
-    one-step map runs 1.23-1.28x faster on CPU than with the composed forms
+    one-step map runs 1.26-1.31x faster on CPU than with the composed forms
     (``python -m wmel_jax.benchmarks.activations``). Above
     :data:`MISH_LINEAR_ABOVE` it is x (n would overflow), and for very
     negative x it is -0.0, so mish(1e30) == 1e30 and mish(-1e4) == -0.0:
@@ -64,7 +64,7 @@ def simnorm(x: jax.Array, group: int) -> jax.Array:
     Reduced over a transposed (..., group, n_groups) view, so that XLA's CPU
     code takes each group's max and sum across the groups at once rather
     than along a minor axis of 8: the same function (to float32 rounding:
-    the sums' order differs), and the model's one-step map a further 3-6%
+    the sums' order differs), and the model's one-step map a further 6-7%
     faster (``python -m wmel_jax.benchmarks.activations``).
     """
     shape = x.shape
